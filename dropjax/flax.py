@@ -1,0 +1,179 @@
+"""Flax NNX adapter: ordinary NNX models as ``apply(params, x, sites)``.
+
+Two pieces:
+
+* :class:`Dropout` replaces ``nnx.Dropout`` one for one. Outside dropjax it
+  behaves exactly like ``nnx.Dropout`` (``model.train()`` / ``model.eval()``,
+  ``rngs``, ``deterministic``). Inside an ``apply`` made by :func:`functional`
+  it becomes the dropout site ``site`` and does whatever the regimen's
+  ``sites`` function says (stochastic mask, perturbation for the analytic
+  regularizers, identity).
+* :func:`functional` splits a model into a pure function and a plain nested
+  dict of parameters, the form every dropjax objective, optax and orbax use.
+
+:func:`site` marks any other tensor (e.g. a recurrent weight matrix for
+DropConnect) as a site from inside a module.
+
+Example -- the one-line swap from dropout to its analytic replacement:
+
+>>> import jax, jax.numpy as jnp
+>>> from flax import nnx
+>>> import dropjax
+>>> class MLP(nnx.Module):
+...   def __init__(self, rngs):
+...     self.l1 = nnx.Linear(4, 8, rngs=rngs)
+...     self.drop = dropjax.flax.Dropout(0.5, site="h1", rngs=rngs)
+...     self.l2 = nnx.Linear(8, 3, rngs=rngs)
+...   def __call__(self, x):
+...     return self.l2(self.drop(nnx.relu(self.l1(x))))
+>>> model = MLP(nnx.Rngs(0))
+>>> apply, params = dropjax.flax.functional(model)
+>>> spec = dropjax.flax.site_spec(model)
+>>> spec.rates
+{'h1': 0.5}
+>>> batch = (jnp.ones((5, 4)), jnp.array([0, 1, 2, 0, 1]))
+>>> objective = dropjax.objectives.dropout(apply, rates=spec.rates)
+>>> objective = dropjax.objectives.explicit_implicit(apply, rates=spec.rates)
+>>> loss, aux = objective(params, batch, jax.random.key(0))
+>>> sorted(aux)
+['data_loss', 'explicit', 'implicit', 'penalty']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import flax.nnx as nnx
+import jax
+
+from dropjax.sites import Sites
+
+Array = jax.Array
+
+_ACTIVE_SITES: contextvars.ContextVar[Sites | None] = contextvars.ContextVar(
+    "dropjax_active_sites", default=None)
+
+
+@contextlib.contextmanager
+def using_sites(sites: Sites):
+  """Context in which :class:`Dropout` layers and :func:`site` use ``sites``."""
+  token = _ACTIVE_SITES.set(sites)
+  try:
+    yield
+  finally:
+    _ACTIVE_SITES.reset(token)
+
+
+def site(name: str, h: Array) -> Array:
+  """Marks ``h`` as the dropout site ``name`` inside an NNX module.
+
+  Inside an ``apply`` made by :func:`functional` this is ``sites(name, h)``;
+  elsewhere it returns ``h`` (no dropout). Use it for DropConnect on a weight
+  (``w = dropjax.flax.site("w_hh", self.w_hh.value)``).
+  """
+  sites = _ACTIVE_SITES.get()
+  return h if sites is None else sites(name, h)
+
+
+class Dropout(nnx.Dropout):
+  """Drop-in replacement for ``nnx.Dropout`` that is also a dropjax site.
+
+  Args:
+    rate: drop probability ``q`` in ``[0, 1)`` used when the layer runs on its
+      own (and reported by :func:`site_spec` as the site's default rate).
+    site: the site name, unique within the model (a static string).
+    broadcast_dims: axes that share one mask (locked dropout); also reported
+      by :func:`site_spec` for the regimens that sample masks.
+    deterministic, rng_collection, rngs: as for ``nnx.Dropout``.
+
+  Raises:
+    ValueError: for a rate outside ``[0, 1)`` or an empty site name.
+  """
+
+  def __init__(self, rate: float, *, site: str,
+               broadcast_dims: Sequence[int] = (),
+               deterministic: bool | None = False,
+               rng_collection: str = "dropout",
+               rngs: nnx.Rngs | nnx.RngStream | None = None):
+    from dropjax.dropout import check_rate
+    check_rate(rate)
+    if not isinstance(site, str) or not site:
+      raise ValueError(f"site must be a non-empty string, got {site!r}.")
+    super().__init__(rate, broadcast_dims=broadcast_dims,
+                     deterministic=deterministic,
+                     rng_collection=rng_collection, rngs=rngs)
+    self.site = site
+
+  def __call__(self, inputs, *, deterministic: bool | None = None,
+               rngs=None) -> Array:
+    sites = _ACTIVE_SITES.get()
+    if sites is not None:
+      return sites(self.site, inputs)
+    return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteSpec:
+  """The dropout sites a model declares through :class:`Dropout` layers.
+
+  Attributes:
+    rates: ``{site: q}`` from each layer's ``rate``.
+    broadcast_axes: ``{site: axes}`` for layers with ``broadcast_dims``.
+  """
+  rates: dict[str, float]
+  broadcast_axes: dict[str, tuple[int, ...]]
+
+
+def site_spec(model: nnx.Module) -> SiteSpec:
+  """Collects the :class:`Dropout` layers' site names, rates and axes.
+
+  Raises:
+    ValueError: if two layers share a site name.
+  """
+  rates: dict[str, float] = {}
+  axes: dict[str, tuple[int, ...]] = {}
+  for _, m in nnx.iter_graph(model):
+    if isinstance(m, Dropout):
+      if m.site in rates:
+        raise ValueError(f"two Dropout layers share the site name {m.site!r}.")
+      rates[m.site] = float(m.rate)
+      if m.broadcast_dims:
+        axes[m.site] = tuple(m.broadcast_dims)
+  return SiteSpec(rates=rates, broadcast_axes=axes)
+
+
+def functional(model: nnx.Module, *, wrt=nnx.Param
+               ) -> tuple[Callable[[Any, Any, Sites], Any], dict]:
+  """Turns an NNX model into ``apply(params, x, sites)`` and a params dict.
+
+  The model's ``wrt`` variables (``nnx.Param`` by default) become a plain
+  nested dict (``nnx.to_pure_dict``); everything else (RNG streams of the
+  layers, ...) is frozen into ``apply``. ``apply`` rebuilds the module from
+  ``params`` on every call (cheap at trace time, free once jitted) and runs it
+  with :class:`Dropout` layers and :func:`site` calls routed to ``sites``.
+
+  Non-parameter state that the forward pass mutates (e.g. BatchNorm running
+  statistics in training mode) is not carried back out; use models without
+  such state, or ``deterministic`` / ``use_running_average`` layers.
+
+  Args:
+    model: an ``nnx.Module`` whose ``__call__(x)`` returns the outputs.
+    wrt: the variable filter that selects the parameters.
+
+  Returns:
+    ``(apply, params)``.
+  """
+  graphdef, state, rest = nnx.split(model, wrt, ...)
+  params = nnx.to_pure_dict(state)
+
+  def apply(params, x, sites: Sites):
+    st = jax.tree.map(lambda a: a, state)
+    nnx.replace_by_pure_dict(st, params)
+    module = nnx.merge(graphdef, st, rest)
+    with using_sites(sites):
+      return module(x)
+
+  return apply, params

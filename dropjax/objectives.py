@@ -1,0 +1,500 @@
+"""Training objectives, one per regimen: ``(params, batch, key) -> (loss, aux)``.
+
+Every objective takes a model ``apply(params, x, sites)``, a ``batch = (x, y)``
+and a ``jax.random.key``, and returns the scalar to differentiate and an
+``aux`` dict with the same keys for every regimen:
+
+* ``data_loss`` -- the batch-mean loss the regimen trains on (with dropout
+  noise for the stochastic regimens, clean for the analytic ones);
+* ``explicit`` -- ``R_exp`` (0 where absent);
+* ``implicit`` -- ``R_imp`` (0 where absent; zero-mean, its gradient is the
+  noise);
+* ``penalty`` -- L1/L2 penalty (0 where absent);
+* ``model_aux`` -- only when ``has_aux=True``: the model's own aux output.
+
+Swapping dropout for its analytic replacement is one line:
+
+>>> import jax, jax.numpy as jnp
+>>> def apply(params, x, sites):
+...   h = sites("h", jnp.tanh(x @ params["w1"]))
+...   return h @ params["w2"]
+>>> params = {"w1": jnp.ones((3, 4)) / 3, "w2": jnp.ones((4, 2)) / 4}
+>>> batch = (jnp.ones((8, 3)), jnp.zeros((8,), jnp.int32))
+>>> obj = dropout(apply, rates=0.5)
+>>> obj = explicit_implicit(apply, rates=0.5)
+>>> loss, aux = jax.jit(obj)(params, batch, jax.random.key(0))
+>>> bool(jnp.isfinite(loss))
+True
+
+References: Wei, Kakade & Ma, ICML 2020 (DROPOUT_k is their Algorithm 1,
+explicit + implicit their Algorithm 2; fix-noise is the ``drop_fix_noise``
+update of their code); Gomez et al. 2019 (targeted dropout).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from dropjax import dropout as _dropout
+from dropjax import explicit as _explicit
+from dropjax import implicit as _implicit
+from dropjax import losses as _losses
+from dropjax import sites as _sites
+
+Array = jax.Array
+Objective = Callable[[Any, tuple, Array], tuple[Array, dict]]
+LeafFilter = Callable[[str, Array], bool]
+
+
+def _zero():
+  return jnp.zeros((), jnp.float32)
+
+
+def _aux(data_loss, explicit=None, implicit=None, penalty=None,
+         model_aux=None, has_aux=False) -> dict:
+  dt = jnp.result_type(data_loss)
+  z = jnp.zeros((), dt)
+  out = {
+      "data_loss": data_loss,
+      "explicit": z if explicit is None else explicit.astype(dt),
+      "implicit": z if implicit is None else implicit.astype(dt),
+      "penalty": z if penalty is None else penalty.astype(dt),
+  }
+  if has_aux:
+    out["model_aux"] = model_aux
+  return out
+
+
+def _split_batch(batch):
+  if isinstance(batch, Mapping):
+    return batch["x"], batch["y"]
+  x, y = batch
+  return x, y
+
+
+def _resolved_rates(apply, params, x, rates, has_aux):
+  names = _sites.site_shapes(apply, params, x, has_aux=has_aux)
+  return _sites.resolve_rates(rates, names)
+
+
+# ----------------------------------------------------------------- none / dropout
+
+
+def none(apply: _sites.Apply, *, loss: str = "softmax_cross_entropy",
+         has_aux: bool = False) -> Objective:
+  """No regularization: ``L̄(y, apply(params, x))``."""
+  _losses.check_loss(loss)
+
+  def objective(params, batch, key):
+    del key
+    x, y = _split_batch(batch)
+    out, maux = _sites.call_apply(apply, params, x, _sites.identity_sites,
+                                  has_aux)
+    data = _losses.mean_loss(loss, out, y)
+    return data, _aux(data, model_aux=maux, has_aux=has_aux)
+
+  return objective
+
+
+def _check_k(k):
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f"k (number of dropout samples) must be an int >= 1, "
+                     f"got {k!r}.")
+
+
+def dropout_family(apply: _sites.Apply, *, rates: _sites.Rates, k: int = 1,
+                   fix_noise: bool = False, implicit: bool = False,
+                   implicit_scale=None,
+                   broadcast_axes: Mapping[str, Sequence[int]] | None = None,
+                   noise: str = "bernoulli",
+                   loss: str = "softmax_cross_entropy",
+                   has_aux: bool = False) -> Objective:
+  r"""DROPOUT_k and its noise-restoring variants (Wei et al. 2020, Alg. 1).
+
+  The loss is the mean over ``k`` independent dropout masks (``vmap``, not a
+  Python loop), so its gradient is ``g_k = (1/k) Σ_r ∇L̄(η_r)`` (E2): the same
+  mean as DROPOUT_1, with ``1/k`` of its dropout-noise covariance.
+
+  * ``fix_noise``: adds ``sqrt(1 - 1/k) (L̄(η') - L̄(η'')) / √2`` from two more
+    masks (E3); its gradient is zero-mean with covariance ``(1 - 1/k) Σ_1``,
+    restoring DROPOUT_1's covariance ``Σ_1``.
+  * ``implicit``: adds ``R_imp`` at the clean point with
+    ``implicit_scale = 1 - 1/k`` by default (``drop_standard+taylor_fo``).
+
+  Args:
+    apply: the model.
+    rates: one drop rate for all sites or ``{site: q}``.
+    k: number of masks per step (>= 1).
+    fix_noise: add the fix-noise term.
+    implicit: add the implicit regularizer.
+    implicit_scale: its covariance scale (default ``1 - 1/k``).
+    broadcast_axes: ``{site: axes}`` for locked dropout.
+    noise: ``"bernoulli"`` or ``"gaussian"``.
+    loss: loss name.
+    has_aux: ``apply`` returns ``(outputs, aux)``; ``model_aux`` comes from
+      the first mask.
+
+  Returns:
+    The objective; ``aux["data_loss"]`` is the mean dropout loss over the
+    ``k`` masks, ``aux["implicit"]`` the fix-noise or implicit term.
+
+  Raises:
+    ValueError: bad ``k``, rate, loss or noise. KeyError (when called): a
+      rate for a site the model does not have.
+  """
+  _check_k(k)
+  _losses.check_loss(loss)
+  if implicit_scale is None:
+    implicit_scale = 1.0 - 1.0 / k
+  if isinstance(rates, Mapping):
+    for q in rates.values():
+      _dropout.check_rate(q)
+  else:
+    _dropout.check_rate(rates)
+  _sites.dropout_sites(jax.random.key(0), rates, noise=noise)  # validates noise
+  n_masks = k + (2 if fix_noise else 0)
+
+  def objective(params, batch, key):
+    x, y = _split_batch(batch)
+    site_rates = _resolved_rates(apply, params, x, rates, has_aux)
+    k_masks, k_imp = jax.random.split(key)
+
+    def one(mask_key):
+      sites = _sites.dropout_sites(mask_key, site_rates,
+                                   broadcast_axes=broadcast_axes, noise=noise)
+      out, maux = _sites.call_apply(apply, params, x, sites, has_aux)
+      return _losses.mean_loss(loss, out, y), maux
+
+    losses, mauxes = jax.vmap(one)(jax.random.split(k_masks, n_masks))
+    data = jnp.mean(losses[:k])
+    maux = jax.tree.map(lambda a: a[0], mauxes) if has_aux else None
+    extra = None
+    if fix_noise:
+      extra = math.sqrt(1.0 - 1.0 / k) * (losses[k] - losses[k + 1]) / math.sqrt(2.0)
+    if implicit:
+      lin = _sites.linearize_sites(apply, params, x, has_aux=has_aux)
+      r_imp = _implicit.implicit_from_linearization(
+          lin, site_rates, y=y, key=k_imp, loss=loss, scale=implicit_scale)
+      extra = r_imp if extra is None else extra + r_imp
+    total = data if extra is None else data + extra
+    return total, _aux(data, implicit=extra, model_aux=maux, has_aux=has_aux)
+
+  return objective
+
+
+def dropout(apply: _sites.Apply, *, rates: _sites.Rates, **kwargs) -> Objective:
+  """Stochastic dropout, one fresh mask per step (DROPOUT_1).
+
+  See :func:`dropout_family` for the keyword arguments.
+  """
+  return dropout_family(apply, rates=rates, k=1, **kwargs)
+
+
+def dropout_k(apply: _sites.Apply, *, rates: _sites.Rates, k: int,
+              **kwargs) -> Objective:
+  """DROPOUT_k: ``k`` masks per step, gradients averaged (Algorithm 1)."""
+  return dropout_family(apply, rates=rates, k=k, **kwargs)
+
+
+def dropout_k_fix_noise(apply: _sites.Apply, *, rates: _sites.Rates, k: int,
+                        **kwargs) -> Objective:
+  """DROPOUT_k + fix-noise: DROPOUT_k's mean, DROPOUT_1's noise (E3)."""
+  return dropout_family(apply, rates=rates, k=k, fix_noise=True, **kwargs)
+
+
+def dropout_k_implicit(apply: _sites.Apply, *, rates: _sites.Rates, k: int,
+                       implicit_scale=None, **kwargs) -> Objective:
+  """DROPOUT_k + the implicit regularizer with scale ``1 - 1/k``."""
+  return dropout_family(apply, rates=rates, k=k, implicit=True,
+                        implicit_scale=implicit_scale, **kwargs)
+
+
+# ------------------------------------------------------------------ analytic
+
+
+def analytic(apply: _sites.Apply, *, rates: _sites.Rates,
+             use_explicit: bool = True, use_implicit: bool = True,
+             estimator: str = "sampled_label", explicit_scale=1.0,
+             implicit_scale=1.0, loss: str = "softmax_cross_entropy",
+             has_aux: bool = False) -> Objective:
+  r"""``L̄ + R_exp + R_imp`` from one clean forward pass (Algorithm 2).
+
+  The data loss, the explicit and the implicit terms share one forward pass;
+  the sampled-label and true-label site gradients share one batched backward
+  pass. The gradient of the result is the paper's Algorithm-2 update.
+
+  Args:
+    apply: the model.
+    rates: one drop rate for all sites or ``{site: q}``.
+    use_explicit: include ``R_exp``
+      (:func:`dropjax.explicit.explicit_regularizer`).
+    use_implicit: include ``R_imp``
+      (:func:`dropjax.implicit.implicit_regularizer`).
+    estimator: the explicit estimator.
+    explicit_scale: multiplier on the Taylor-faithful ``R_exp``.
+    implicit_scale: covariance multiplier of ``R_imp``.
+    loss: loss name.
+    has_aux: ``apply`` returns ``(outputs, aux)``.
+
+  Raises:
+    ValueError: unknown estimator or loss, bad rate. KeyError (when called):
+      a rate for a site the model does not have.
+  """
+  _explicit.check_estimator(estimator)
+  _losses.check_loss(loss)
+  if isinstance(rates, Mapping):
+    for q in rates.values():
+      _dropout.check_rate(q)
+  else:
+    _dropout.check_rate(rates)
+
+  def objective(params, batch, key):
+    x, y = _split_batch(batch)
+    k_exp, k_imp = jax.random.split(key)
+    lin = _sites.linearize_sites(apply, params, x, has_aux=has_aux)
+    site_rates = _sites.resolve_rates(rates, lin.activations)
+    data = _losses.mean_loss(loss, lin.outputs, y)
+
+    # Site gradients for the true labels (implicit, true_label) and the
+    # sampled labels (sampled_label), stacked into one backward pass.
+    cots, which = [], []
+    if use_implicit or (use_explicit and estimator == "true_label"):
+      cots.append(_losses.loss_cotangent(loss, lin.outputs, y))
+      which.append("true")
+    if use_explicit and estimator == "sampled_label":
+      y_hat = _losses.sample_targets(loss, k_exp, lin.outputs)
+      cots.append(_losses.loss_cotangent(loss, lin.outputs, y_hat))
+      which.append("sampled")
+    grads = {}
+    if len(cots) == 1:
+      grads[which[0]] = lin.vjp(cots[0])
+    elif cots:
+      stacked = jax.vmap(lin.vjp)(jnp.stack(cots))
+      for i, w in enumerate(which):
+        grads[w] = jax.tree.map(lambda a, i=i: a[i], stacked)
+
+    r_exp = r_imp = None
+    if use_explicit:
+      sg = {"sampled_label": grads.get("sampled"),
+            "true_label": grads.get("true")}.get(estimator)
+      r_exp = explicit_scale * _explicit.explicit_from_linearization(
+          lin, site_rates, estimator=estimator, loss=loss, key=k_exp, y=y,
+          site_grads=sg)
+    if use_implicit:
+      r_imp = _implicit.implicit_from_linearization(
+          lin, site_rates, y=y, key=k_imp, loss=loss, scale=implicit_scale,
+          site_grads=grads["true"])
+    total = data
+    for r in (r_exp, r_imp):
+      if r is not None:
+        total = total + r
+    return total, _aux(data, explicit=r_exp, implicit=r_imp,
+                       model_aux=lin.aux, has_aux=has_aux)
+
+  return objective
+
+
+def explicit(apply: _sites.Apply, *, rates: _sites.Rates,
+             estimator: str = "sampled_label", scale=1.0,
+             **kwargs) -> Objective:
+  """``L̄ + R_exp``: the explicit regularizer alone (deterministic apart from
+  the sampled labels)."""
+  return analytic(apply, rates=rates, use_explicit=True, use_implicit=False,
+                  estimator=estimator, explicit_scale=scale, **kwargs)
+
+
+def implicit(apply: _sites.Apply, *, rates: _sites.Rates, scale=1.0,
+             **kwargs) -> Objective:
+  """``L̄ + R_imp``: dropout's gradient noise alone, without its bias."""
+  return analytic(apply, rates=rates, use_explicit=False, use_implicit=True,
+                  implicit_scale=scale, **kwargs)
+
+
+def explicit_implicit(apply: _sites.Apply, *, rates: _sites.Rates,
+                      estimator: str = "sampled_label", explicit_scale=1.0,
+                      implicit_scale=1.0, **kwargs) -> Objective:
+  """``L̄ + R_exp + R_imp``: the analytic replacement of dropout (Alg. 2)."""
+  return analytic(apply, rates=rates, use_explicit=True, use_implicit=True,
+                  estimator=estimator, explicit_scale=explicit_scale,
+                  implicit_scale=implicit_scale, **kwargs)
+
+
+# ------------------------------------------------------- weight-level regimens
+
+
+def path_str(path) -> str:
+  """``"a/b/0/kernel"`` for a ``tree_flatten_with_path`` key path."""
+  parts = []
+  for p in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(p, attr):
+        parts.append(str(getattr(p, attr)))
+        break
+    else:
+      parts.append(str(p))
+  return "/".join(parts)
+
+
+def kernels(path: str, leaf: Array) -> bool:
+  """Default leaf filter for penalties: every kernel (rank >= 2), no biases."""
+  del path
+  return getattr(leaf, "ndim", 0) >= 2
+
+
+def hidden_kernels(params) -> LeafFilter:
+  """Filter selecting every kernel except the last one in flatten order.
+
+  Targeted dropout's protocol leaves the logits layer alone; with layers
+  named so that flatten order is depth order, the last kernel is the logits.
+  """
+  leaves = [(path_str(p), l) for p, l in
+            jax.tree_util.tree_flatten_with_path(params)[0]
+            if getattr(l, "ndim", 0) >= 2]
+  last = leaves[-1][0] if leaves else None
+  return lambda path, leaf: kernels(path, leaf) and path != last
+
+
+def map_selected(fn: Callable[[Array, int], Array], params,
+                 where: LeafFilter):
+  """Applies ``fn(leaf, index)`` to the selected leaves, keeps the others."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  out, i = [], 0
+  for path, leaf in flat:
+    if where(path_str(path), leaf):
+      out.append(fn(leaf, i))
+      i += 1
+    else:
+      out.append(leaf)
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _selected(params, where):
+  return [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+          if where(path_str(path), leaf)]
+
+
+def l1_penalty(params, *, where: LeafFilter = kernels) -> Array:
+  """``Σ |w|`` over the selected leaves (kernels by default)."""
+  return sum((jnp.sum(jnp.abs(w)) for w in _selected(params, where)),
+             jnp.zeros(()))
+
+
+def l2_penalty(params, *, where: LeafFilter = kernels) -> Array:
+  """``Σ w²`` over the selected leaves (kernels by default)."""
+  return sum((jnp.sum(jnp.square(w)) for w in _selected(params, where)),
+             jnp.zeros(()))
+
+
+def _penalised(apply, penalty_fn, coef, where, loss, has_aux):
+  _losses.check_loss(loss)
+  if not coef >= 0:
+    raise ValueError(f"penalty coefficient must be >= 0, got {coef!r}.")
+
+  def objective(params, batch, key):
+    del key
+    x, y = _split_batch(batch)
+    out, maux = _sites.call_apply(apply, params, x, _sites.identity_sites,
+                                  has_aux)
+    data = _losses.mean_loss(loss, out, y)
+    pen = coef * penalty_fn(params, where=where)
+    return data + pen, _aux(data, penalty=pen, model_aux=maux,
+                            has_aux=has_aux)
+
+  return objective
+
+
+def l1(apply: _sites.Apply, *, coef: float, where: LeafFilter = kernels,
+       loss: str = "softmax_cross_entropy", has_aux: bool = False
+       ) -> Objective:
+  """``L̄ + coef Σ|w|`` (Keras ``l1`` kernel regularizer convention, as in
+  Filan et al. 2021 with ``coef = 5e-5``). No dropout."""
+  return _penalised(apply, l1_penalty, coef, where, loss, has_aux)
+
+
+def l2(apply: _sites.Apply, *, coef: float, where: LeafFilter = kernels,
+       loss: str = "softmax_cross_entropy", has_aux: bool = False
+       ) -> Objective:
+  """``L̄ + coef Σ w²`` (Keras ``l2`` convention: no 1/2). No dropout."""
+  return _penalised(apply, l2_penalty, coef, where, loss, has_aux)
+
+
+def _targeted(apply, drop_fn, gamma, alpha, where, loss, has_aux):
+  _losses.check_loss(loss)
+  for v, name in ((gamma, "gamma"), (alpha, "alpha")):
+    _dropout._check_fraction(v, name)
+
+  def objective(params, batch, key):
+    x, y = _split_batch(batch)
+    sel = where if where is not None else hidden_kernels(params)
+    thinned = map_selected(
+        lambda w, i: drop_fn(jax.random.fold_in(key, i), w, gamma=gamma,
+                             alpha=alpha), params, sel)
+    out, maux = _sites.call_apply(apply, thinned, x, _sites.identity_sites,
+                                  has_aux)
+    data = _losses.mean_loss(loss, out, y)
+    return data, _aux(data, model_aux=maux, has_aux=has_aux)
+
+  return objective
+
+
+def targeted_weight(apply: _sites.Apply, *, gamma, alpha,
+                    where: LeafFilter | None = None,
+                    loss: str = "softmax_cross_entropy",
+                    has_aux: bool = False) -> Objective:
+  """Targeted weight dropout on the selected kernels (Gomez et al. 2019).
+
+  Each step thins every selected kernel with
+  :func:`dropjax.targeted_weight_dropout` (one mask per kernel per step,
+  shared by the batch, no rescaling) and trains on the thinned network.
+  ``where`` defaults to every kernel but the last (the logits).
+  """
+  return _targeted(apply, _dropout.targeted_weight_dropout, gamma, alpha,
+                   where, loss, has_aux)
+
+
+def targeted_unit(apply: _sites.Apply, *, gamma, alpha,
+                  where: LeafFilter | None = None,
+                  loss: str = "softmax_cross_entropy",
+                  has_aux: bool = False) -> Objective:
+  """Targeted unit dropout on the selected kernels (Gomez et al. 2019)."""
+  return _targeted(apply, _dropout.targeted_unit_dropout, gamma, alpha,
+                   where, loss, has_aux)
+
+
+# ------------------------------------------------------------------ registry
+
+REGIMENS: dict[str, Callable[..., Objective]] = {
+    "none": none,
+    "dropout": dropout,
+    "dropout_k": dropout_k,
+    "dropout_k_fix_noise": dropout_k_fix_noise,
+    "dropout_k_implicit": dropout_k_implicit,
+    "explicit": explicit,
+    "implicit": implicit,
+    "explicit_implicit": explicit_implicit,
+    "targeted_weight": targeted_weight,
+    "targeted_unit": targeted_unit,
+    "l1": l1,
+    "l2": l2,
+}
+
+
+def make_objective(regimen: str, apply: _sites.Apply, **kwargs) -> Objective:
+  """The objective of a regimen by name (for configs).
+
+  Args:
+    regimen: one of :data:`REGIMENS`.
+    apply: the model.
+    **kwargs: the regimen's keyword arguments.
+
+  Raises:
+    ValueError: unknown regimen (the message lists the valid ones).
+  """
+  if regimen not in REGIMENS:
+    raise ValueError(f"unknown regimen {regimen!r}; valid: "
+                     f"{', '.join(REGIMENS)}.")
+  return REGIMENS[regimen](apply, **kwargs)
