@@ -54,7 +54,8 @@ def implicit_from_linearization(lin: _sites.Linearization,
                                 key: Array,
                                 loss: str = "softmax_cross_entropy",
                                 scale=1.0,
-                                site_grads: Mapping[str, Array] | None = None
+                                site_grads: Mapping[str, Array] | None = None,
+                                signs: Mapping[str, Array] | None = None
                                 ) -> Array:
   """``R_imp`` from a clean forward pass (see :func:`implicit_regularizer`).
 
@@ -66,6 +67,8 @@ def implicit_from_linearization(lin: _sites.Linearization,
     loss: the loss name.
     scale: covariance multiplier.
     site_grads: precomputed ``∂L̄/∂v`` (true labels); computed if ``None``.
+    signs: ``{site: ±1 array}`` to use instead of drawing them from ``key``
+      (lets tests enumerate every sign pattern).
 
   Returns:
     Scalar ``R_imp``.
@@ -73,7 +76,8 @@ def implicit_from_linearization(lin: _sites.Linearization,
   acts = lin.activations
   if site_grads is None:
     site_grads = lin.vjp(_losses.loss_cotangent(loss, lin.outputs, y))
-  signs = rademacher_signs(key, acts)
+  if signs is None:
+    signs = rademacher_signs(key, acts)
   total = 0.0
   for name, v in acts.items():
     c = jnp.sqrt(scale * _sites.noise_variance(rates[name])).astype(v.dtype)

@@ -1,0 +1,90 @@
+"""The Flax NNX adapter: dropjax.flax.Dropout and functional()."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import dropjax
+
+
+class Net(nnx.Module):
+
+  def __init__(self, rngs, drop_cls=dropjax.flax.Dropout):
+    self.l1 = nnx.Linear(4, 8, rngs=rngs)
+    self.l2 = nnx.Linear(8, 3, rngs=rngs)
+    if drop_cls is nnx.Dropout:
+      self.d1 = nnx.Dropout(0.3, rngs=rngs)
+    else:
+      self.d1 = drop_cls(0.3, site="h1", broadcast_dims=(0,), rngs=rngs)
+
+  def __call__(self, x):
+    return self.l2(self.d1(nnx.relu(self.l1(x))))
+
+
+X = jax.random.normal(jax.random.key(0), (5, 4))
+
+
+def test_standalone_layer_behaves_exactly_like_nnx_dropout():
+  ours = dropjax.flax.Dropout(0.4, site="h", rngs=nnx.Rngs(dropout=3))
+  stock = nnx.Dropout(0.4, rngs=nnx.Rngs(dropout=3))
+  x = jnp.ones((6, 7))
+  np.testing.assert_array_equal(ours(x), stock(x))
+  np.testing.assert_array_equal(ours(x), stock(x))          # streams advance
+  ours.eval()
+  np.testing.assert_array_equal(ours(x), x)
+
+
+def test_functional_apply_with_identity_sites_is_the_eval_model():
+  model = Net(nnx.Rngs(1))
+  apply, params = dropjax.flax.functional(model)
+  model.eval()
+  np.testing.assert_allclose(apply(params, X, dropjax.identity_sites),
+                             model(X), rtol=1e-6)
+  assert set(params) == {"l1", "l2"}
+
+
+def test_sites_are_routed_and_spec_is_reported():
+  model = Net(nnx.Rngs(1))
+  apply, params = dropjax.flax.functional(model)
+  spec = dropjax.flax.site_spec(model)
+  assert spec.rates == {"h1": 0.3}
+  assert spec.broadcast_axes == {"h1": (0,)}
+  assert list(dropjax.site_shapes(apply, params, X)) == ["h1"]
+  seen = []
+  apply(params, X, lambda n, h: seen.append((n, h.shape)) or h)
+  assert seen == [("h1", (5, 8))]
+
+
+def test_functional_params_gradients_match_the_module():
+  model = Net(nnx.Rngs(2))
+  apply, params = dropjax.flax.functional(model)
+  obj = dropjax.objectives.explicit_implicit(apply, rates=0.3)
+  y = jnp.array([0, 1, 2, 0, 1])
+  loss, grads = jax.jit(jax.value_and_grad(
+      lambda p: obj(p, (X, y), jax.random.key(0))[0]))(params)
+  assert jax.tree.structure(grads) == jax.tree.structure(params)
+  assert bool(jnp.isfinite(loss))
+
+
+def test_site_helper_outside_apply_is_identity():
+  h = jnp.ones((2, 2))
+  np.testing.assert_array_equal(dropjax.flax.site("w", h), h)
+  with dropjax.flax.using_sites(lambda n, h: 2 * h):
+    np.testing.assert_array_equal(dropjax.flax.site("w", h), 2 * h)
+  np.testing.assert_array_equal(dropjax.flax.site("w", h), h)
+
+
+def test_bad_layers():
+  with pytest.raises(ValueError, match="drop probability"):
+    dropjax.flax.Dropout(1.0, site="h")
+  with pytest.raises(ValueError, match="site"):
+    dropjax.flax.Dropout(0.5, site="")
+
+  class Dup(nnx.Module):
+    def __init__(self):
+      self.a = dropjax.flax.Dropout(0.5, site="h")
+      self.b = dropjax.flax.Dropout(0.5, site="h")
+  with pytest.raises(ValueError, match="share the site name"):
+    dropjax.flax.site_spec(Dup())

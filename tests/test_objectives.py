@@ -1,0 +1,244 @@
+"""Objectives: DROPOUT_k noise scaling, fix-noise, API behaviour, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dropjax
+from dropjax import objectives as O
+
+
+def mlp(params, x, sites):
+  h = sites("h1", jnp.tanh(x @ params["w1"]))
+  h = sites("h2", jnp.tanh(h @ params["w2"]))
+  return h @ params["w3"]
+
+
+def init(key, sizes=(4, 6, 5, 3)):
+  ks = jax.random.split(key, len(sizes) - 1)
+  return {f"w{i + 1}": jax.random.normal(k, (a, b)) / np.sqrt(a)
+          for i, (k, a, b) in enumerate(zip(ks, sizes[:-1], sizes[1:]))}
+
+
+PARAMS = init(jax.random.key(0))
+BATCH = (jax.random.normal(jax.random.key(1), (6, 4)),
+         jnp.array([0, 1, 2, 0, 1, 2]))
+
+
+def grad_samples(objective, n, seed=0):
+  g = jax.jit(jax.vmap(lambda k: jax.grad(
+      lambda p: objective(p, BATCH, k)[0])(PARAMS)))(
+          jax.random.split(jax.random.key(seed), n))
+  return jnp.concatenate([a.reshape(n, -1) for a in jax.tree.leaves(g)], 1)
+
+
+def trace_cov(g):
+  """tr Cov and its standard error (per-sample squared deviations)."""
+  dev = jnp.sum(jnp.square(g - g.mean(0)), axis=1)
+  return float(dev.mean()), float(dev.std() / np.sqrt(g.shape[0]))
+
+
+def test_dropout_k_covariance_scales_as_one_over_k_and_fix_noise_restores_it():
+  """Tests F and M of the reference, Monte Carlo with n = 20000 per regimen."""
+  n, q, k = 20_000, 0.4, 4
+  g1 = grad_samples(O.dropout(mlp, rates=q), n, seed=1)
+  gk = grad_samples(O.dropout_k(mlp, rates=q, k=k), n, seed=2)
+  gf = grad_samples(O.dropout_k_fix_noise(mlp, rates=q, k=k), n, seed=3)
+  t1, s1 = trace_cov(g1)
+  tk, sk = trace_cov(gk)
+  tf, sf = trace_cov(gf)
+  ratio = tk / t1
+  se_ratio = ratio * np.hypot(sk / tk, s1 / t1)
+  assert abs(ratio - 1 / k) < 5 * se_ratio, (ratio, se_ratio)
+  ratio_f = tf / t1
+  se_f = ratio_f * np.hypot(sf / tf, s1 / t1)
+  assert abs(ratio_f - 1) < 5 * se_f, (ratio_f, se_f)
+  # Same mean update for all three: per-coordinate z-scores.
+  for g in (gk, gf):
+    diff = g.mean(0) - g1.mean(0)
+    se = jnp.sqrt(g.var(0) / n + g1.var(0) / n)
+    assert float(jnp.max(jnp.abs(diff) / se)) < 5
+
+
+def test_dropout_k_implicit_adds_zero_mean_noise():
+  n, q, k = 4000, 0.4, 4
+  gk = grad_samples(O.dropout_k(mlp, rates=q, k=k), n, seed=4)
+  gi = grad_samples(O.dropout_k_implicit(mlp, rates=q, k=k), n, seed=5)
+  tk, _ = trace_cov(gk)
+  ti, _ = trace_cov(gi)
+  assert ti > 1.5 * tk                      # noise was added
+  diff = gi.mean(0) - gk.mean(0)
+  se = jnp.sqrt(gi.var(0) / n + gk.var(0) / n)
+  assert float(jnp.max(jnp.abs(diff) / se)) < 5
+
+
+REGIMENS = {
+    "none": lambda: O.none(mlp),
+    "dropout": lambda: O.dropout(mlp, rates=0.3),
+    "dropout_locked_gaussian": lambda: O.dropout(
+        mlp, rates=0.3, noise="gaussian"),
+    "dropout_k": lambda: O.dropout_k(mlp, rates=0.3, k=3),
+    "dropout_k_fix_noise": lambda: O.dropout_k_fix_noise(mlp, rates=0.3, k=3),
+    "dropout_k_implicit": lambda: O.dropout_k_implicit(mlp, rates=0.3, k=3),
+    "explicit": lambda: O.explicit(mlp, rates={"h1": 0.2, "h2": 0.4}),
+    "explicit_gn": lambda: O.explicit(mlp, rates=0.3, estimator="gauss_newton"),
+    "explicit_id": lambda: O.explicit(mlp, rates=0.3,
+                                      estimator="identity_hessian"),
+    "explicit_true": lambda: O.explicit(mlp, rates=0.3, estimator="true_label"),
+    "implicit": lambda: O.implicit(mlp, rates=0.3),
+    "explicit_implicit": lambda: O.explicit_implicit(mlp, rates=0.3),
+    "targeted_weight": lambda: O.targeted_weight(mlp, gamma=0.5, alpha=0.5),
+    "targeted_unit": lambda: O.targeted_unit(mlp, gamma=0.5, alpha=0.5),
+    "l1": lambda: O.l1(mlp, coef=1e-3),
+    "l2": lambda: O.l2(mlp, coef=1e-3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REGIMENS))
+def test_every_objective_jits_and_is_deterministic(name):
+  obj = REGIMENS[name]()
+  key = jax.random.key(7)
+  loss, aux = obj(PARAMS, BATCH, key)                      # eager
+  assert set(aux) == {"data_loss", "explicit", "implicit", "penalty"}
+  total = aux["data_loss"] + aux["explicit"] + aux["implicit"] + aux["penalty"]
+  np.testing.assert_allclose(loss, total, rtol=1e-6)
+  step = jax.jit(jax.value_and_grad(lambda p, k: obj(p, BATCH, k),
+                                    has_aux=True))
+  (loss_j, _), g1 = step(PARAMS, key)
+  np.testing.assert_allclose(loss_j, loss, rtol=1e-5)
+  (_, _), g2 = step(PARAMS, key)                           # same key
+  jax.tree.map(np.testing.assert_array_equal, g1, g2)
+  assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g1))
+
+
+def test_make_objective_registry_matches_the_functions():
+  key = jax.random.key(8)
+  a = O.make_objective("explicit_implicit", mlp, rates=0.3)(PARAMS, BATCH, key)
+  b = O.explicit_implicit(mlp, rates=0.3)(PARAMS, BATCH, key)
+  np.testing.assert_array_equal(a[0], b[0])
+  with pytest.raises(ValueError, match="explicit_implicit"):
+    O.make_objective("explicit+implicit", mlp)
+
+
+def test_objectives_vmap_over_rates():
+  rates = jnp.array([0.1, 0.3, 0.5])
+  key = jax.random.key(9)
+  for make in (lambda q: O.explicit_implicit(mlp, rates=q),
+               lambda q: O.dropout_k(mlp, rates=q, k=2),
+               lambda q: O.explicit(mlp, rates={"h1": q, "h2": q})):
+    swept = jax.jit(jax.vmap(lambda q: make(q)(PARAMS, BATCH, key)[0]))(rates)
+    single = make(0.3)(PARAMS, BATCH, key)[0]
+    np.testing.assert_allclose(swept[1], single, rtol=1e-5)
+  for f in (lambda q: dropjax.explicit_regularizer(
+                mlp, PARAMS, BATCH[0], rates=q, key=key),
+            lambda q: dropjax.implicit_regularizer(
+                mlp, PARAMS, BATCH[0], BATCH[1], rates=q, key=key)):
+    swept = jax.vmap(f)(rates)
+    np.testing.assert_allclose(swept[1], f(0.3), rtol=1e-5)
+
+
+def test_analytic_terms_equal_the_standalone_regularizers():
+  """Algorithm 2's shared forward/backward gives the same R_exp and R_imp."""
+  key = jax.random.key(10)
+  _, aux = O.explicit_implicit(mlp, rates=0.3)(PARAMS, BATCH, key)
+  k_exp, k_imp = jax.random.split(key)
+  r_exp = dropjax.explicit_regularizer(mlp, PARAMS, BATCH[0], rates=0.3,
+                                       key=k_exp)
+  r_imp = dropjax.implicit_regularizer(mlp, PARAMS, BATCH[0], BATCH[1],
+                                       rates=0.3, key=k_imp)
+  np.testing.assert_allclose(aux["explicit"], r_exp, rtol=1e-5)
+  np.testing.assert_allclose(aux["implicit"], r_imp, rtol=1e-5, atol=1e-7)
+
+
+def test_explicit_scale_multiplies():
+  key = jax.random.key(11)
+  base = O.explicit(mlp, rates=0.3)(PARAMS, BATCH, key)[1]["explicit"]
+  twice = O.explicit(mlp, rates=0.3, scale=2.0)(PARAMS, BATCH, key)[1]
+  np.testing.assert_allclose(twice["explicit"], 2 * base, rtol=1e-6)
+
+
+def test_unknown_site_names_list_the_models_sites():
+  with pytest.raises(KeyError, match=r"h1.*h2"):
+    O.explicit(mlp, rates={"h3": 0.5})(PARAMS, BATCH, jax.random.key(0))
+  with pytest.raises(KeyError, match=r"h1.*h2"):
+    O.dropout(mlp, rates={"hidden": 0.5})(PARAMS, BATCH, jax.random.key(0))
+  with pytest.raises(KeyError, match="h1"):
+    dropjax.explicit_regularizer(mlp, PARAMS, BATCH[0], rates={"x": 0.1},
+                                 key=jax.random.key(0))
+
+
+def test_unknown_estimator_loss_regimen_and_missing_inputs():
+  with pytest.raises(ValueError, match="sampled_label.*gauss_newton"):
+    O.explicit(mlp, rates=0.3, estimator="fisher")
+  with pytest.raises(ValueError, match="softmax_cross_entropy"):
+    O.none(mlp, loss="hinge")
+  with pytest.raises(ValueError, match="needs the true targets y"):
+    dropjax.explicit_regularizer(mlp, PARAMS, BATCH[0], rates=0.3,
+                                 estimator="true_label")
+  with pytest.raises(ValueError, match="needs a key"):
+    dropjax.explicit_regularizer(mlp, PARAMS, BATCH[0], rates=0.3)
+  with pytest.raises(ValueError, match="drop probability"):
+    O.explicit_implicit(mlp, rates=1.0)
+  with pytest.raises(ValueError, match="k"):
+    O.dropout_k(mlp, rates=0.3, k=0)
+  with pytest.raises(ValueError, match="shape"):
+    O.none(mlp)(PARAMS, (BATCH[0], BATCH[1][:3]), jax.random.key(0))
+
+
+def test_rate_zero_analytic_terms_vanish_and_dropout_is_clean():
+  key = jax.random.key(12)
+  clean, _ = O.none(mlp)(PARAMS, BATCH, key)
+  loss, aux = O.explicit_implicit(mlp, rates=0.0)(PARAMS, BATCH, key)
+  assert float(aux["explicit"]) == 0.0 and float(aux["implicit"]) == 0.0
+  np.testing.assert_allclose(loss, clean, rtol=1e-6)
+  np.testing.assert_allclose(O.dropout(mlp, rates=0.0)(PARAMS, BATCH, key)[0],
+                             clean, rtol=1e-6)
+
+
+def test_model_without_sites_is_a_clear_error():
+  def linear(p, x, sites):
+    return x @ p["w1"]
+  with pytest.raises(ValueError, match="no dropout site"):
+    O.explicit(linear, rates=0.3)(PARAMS, BATCH, jax.random.key(0))
+
+
+def test_duplicate_site_name_is_a_clear_error():
+  def dup(p, x, sites):
+    h = sites("h", jnp.tanh(x @ p["w1"]))
+    h = sites("h", jnp.tanh(h @ p["w2"]))
+    return h @ p["w3"]
+  with pytest.raises(ValueError, match="called twice"):
+    dropjax.site_shapes(dup, PARAMS, BATCH[0])
+
+
+def test_has_aux_models_pass_their_aux_through():
+  def with_state(p, x, sites):
+    out = mlp(p, x, sites)
+    return out, {"mean_logit": out.mean()}
+  for obj in (O.none(with_state, has_aux=True),
+              O.dropout_k(with_state, rates=0.3, k=2, has_aux=True),
+              O.explicit_implicit(with_state, rates=0.3, has_aux=True)):
+    _, aux = jax.jit(obj)(PARAMS, BATCH, jax.random.key(0))
+    assert aux["model_aux"]["mean_logit"].shape == ()
+
+
+def test_l1_l2_penalties_are_the_keras_conventions():
+  _, aux1 = O.l1(mlp, coef=0.1)(PARAMS, BATCH, None)
+  _, aux2 = O.l2(mlp, coef=0.1)(PARAMS, BATCH, None)
+  l1 = sum(float(jnp.abs(w).sum()) for w in PARAMS.values())
+  l2 = sum(float(jnp.square(w).sum()) for w in PARAMS.values())
+  np.testing.assert_allclose(aux1["penalty"], 0.1 * l1, rtol=1e-6)
+  np.testing.assert_allclose(aux2["penalty"], 0.1 * l2, rtol=1e-6)
+
+
+def test_targeted_dropout_leaves_the_logits_layer_alone():
+  seen = {}
+
+  def spy(p, x, sites):
+    seen.update({k: v for k, v in p.items()})
+    return mlp(p, x, sites)
+  O.targeted_weight(spy, gamma=0.9, alpha=1.0)(PARAMS, BATCH,
+                                               jax.random.key(0))
+  np.testing.assert_array_equal(seen["w3"], PARAMS["w3"])
+  assert float((seen["w1"] == 0).mean()) > 0.3
