@@ -1,0 +1,208 @@
+r"""The main job: dropout, DROPOUT_k and the analytic regularizers on real data.
+
+    python -m experiments.compare --workdir DIR [--config FILE] [--config.KEY=VALUE ...]
+
+Trains every regimen of the config (``experiments/configs/compare.py`` by
+default) for every seed, in every setting (the full training set and a small
+subset), and writes into ``DIR``:
+
+* ``results.json`` -- one record per (setting, regimen, seed): test accuracy
+  and loss, training-subset accuracy and loss (for the train–test gap), final
+  training loss, the validation curve; plus failed runs, the config and the
+  wall time. Rewritten atomically after every finished run.
+* ``report.md`` -- mean ± std over seeds per regimen and setting, and a
+  paragraph computed from those numbers.
+* ``learning_curves.png``, ``test_accuracy.png``.
+* ``runs/<setting>/<regimen>/`` -- each run's ``metrics.jsonl`` and orbax
+  checkpoints. Re-running the same command resumes: finished runs are skipped,
+  an interrupted one continues from its last checkpoint.
+
+A run whose loss becomes NaN/inf stops with a message naming the regimen,
+seed and step; it is recorded under ``failures`` and the other runs go on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+import numpy as np
+
+import dropjax
+from dropjax import data as djdata
+from dropjax import models
+from dropjax import train as djtrain
+from experiments import compare_report
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(_HERE, "configs", "compare.py"),
+    "Experiment config file (ml_collections).")
+
+RESULTS_FILE = "results.json"
+
+
+def regimen_kwargs(regimen: str, config, rates: dict) -> dict:
+  """Keyword arguments of ``dropjax.make_objective`` for one regimen."""
+  k = int(config.k)
+  table = {
+      "none": {},
+      "dropout": {"rates": rates},
+      "dropout_k": {"rates": rates, "k": k},
+      "dropout_k_fix_noise": {"rates": rates, "k": k},
+      "dropout_k_implicit": {"rates": rates, "k": k},
+      "explicit": {"rates": rates, "estimator": config.estimator,
+                   "scale": config.explicit_scale},
+      "implicit": {"rates": rates, "scale": config.implicit_scale},
+      "explicit_implicit": {"rates": rates, "estimator": config.estimator,
+                            "explicit_scale": config.explicit_scale,
+                            "implicit_scale": config.implicit_scale},
+      "l1": {"coef": config.l2},
+      "l2": {"coef": config.l2},
+  }
+  if regimen not in table:
+    raise ValueError(f"regimen {regimen!r} is not supported by this "
+                     f"experiment; valid: {', '.join(table)}.")
+  return table[regimen]
+
+
+def load_setting(config, setting: str) -> djdata.ImageDataset:
+  sc = config[setting]
+  return djdata.load_dataset(
+      config.data.source, data_dir=config.data.data_dir or None,
+      validation_size=config.data.validation_size,
+      train_size=int(sc.train_size) or None, seed=config.data.split_seed)
+
+
+def _records_for(history: list[dict], seeds, setting, regimen, result_secs,
+                 steps) -> list[dict]:
+  """Per-seed result records from a run's evaluation history."""
+  final = history[-1]
+  out = []
+  for i, seed in enumerate(seeds):
+    curve = [{"step": r["step"], "epoch": r["epoch"],
+              "validation_accuracy": r["eval"]["validation"]["accuracy"][i],
+              "validation_loss": r["eval"]["validation"]["loss"][i],
+              "train_loss": r["train"]["loss"][i]} for r in history]
+    out.append({
+        "setting": setting, "regimen": regimen, "seed": int(seed),
+        "steps": int(steps),
+        "test_accuracy": final["eval"]["test"]["accuracy"][i],
+        "test_loss": final["eval"]["test"]["loss"][i],
+        "validation_accuracy": final["eval"]["validation"]["accuracy"][i],
+        "train_eval_accuracy": final["eval"]["train"]["accuracy"][i],
+        "train_eval_loss": final["eval"]["train"]["loss"][i],
+        "final_train_loss": final["train"]["loss"][i],
+        "final_data_loss": final["train"].get("data_loss", [None] * len(seeds))[i],
+        "train_seconds": result_secs,
+        "validation_curve": curve,
+    })
+  return out
+
+
+def _load_results(path: str) -> dict:
+  if os.path.exists(path):
+    import json
+    with open(path) as f:
+      return json.load(f)
+  return {"records": [], "failures": []}
+
+
+def run(config, workdir: str) -> dict:
+  """Runs (or resumes) the whole comparison; returns the results dict."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, RESULTS_FILE)
+  results = _load_results(path)
+  results["config"] = config.to_dict()
+  done = {(r["setting"], r["regimen"]) for r in results["records"]}
+  results["failures"] = [f for f in results.get("failures", [])
+                         if (f["setting"], f["regimen"]) not in done]
+  t0 = time.time()
+  layer_sizes = tuple(config.model.layer_sizes)
+  apply, _, site_rates = models.make_model(config.model.name,
+                                           layer_sizes=layer_sizes)
+  init = models.make_init(config.model.name, layer_sizes=layer_sizes)
+  rates = {site: float(config.rate) for site in site_rates}
+  optimizer = djtrain.make_optimizer(config.optimizer, config.learning_rate)
+  seeds = tuple(int(s) for s in config.seeds)
+  devices = int(config.devices) or None
+
+  # One objective per regimen, shared by the settings: the trainer caches its
+  # compiled chunk on the objective, so equal-sized settings compile once.
+  objectives = {r: dropjax.make_objective(
+      r, apply, **regimen_kwargs(r, config, rates)) for r in config.regimens}
+
+  for setting in config.settings:
+    if setting not in config:
+      raise ValueError(f"setting {setting!r} has no config block "
+                       f"(config.{setting}).")
+    ds = load_setting(config, setting)
+    tr = ds.train
+    n_eval = min(int(config.data.train_eval_size), len(tr))
+    eval_data = {"validation": (ds.validation.images, ds.validation.labels),
+                 "test": (ds.test.images, ds.test.labels),
+                 "train": (tr.images[:n_eval], tr.labels[:n_eval])}
+    for regimen in config.regimens:
+      if (setting, regimen) in done:
+        print(f"[compare] {setting}/{regimen}: finished earlier, skipped.")
+        continue
+      objective = objectives[regimen]
+      run_dir = os.path.join(workdir, "runs", setting, regimen)
+      try:
+        res = djtrain.train(
+            apply, objective, optimizer, init, (tr.images, tr.labels),
+            steps=int(config[setting].steps), batch_size=config.batch_size,
+            seeds=seeds, chunk_size=config.chunk_size, eval_data=eval_data,
+            eval_every=int(config[setting].eval_every), run_dir=run_dir,
+            run_name=f"{setting}/{regimen}", devices=devices,
+            progress=config.progress)
+      except djtrain.NonFiniteLossError as err:
+        print(f"[compare] {err}", file=sys.stderr)
+        results["failures"].append({"setting": setting, "regimen": regimen,
+                                    "error": str(err)})
+        djtrain.write_json_atomic(path, results)
+        continue
+      results["records"].extend(_records_for(
+          res.history, res.seeds, setting, regimen, res.train_seconds,
+          config[setting].steps))
+      djtrain.write_json_atomic(path, results)
+  # Accumulated over sessions when the job is resumed.
+  results["wall_seconds"] = results.get("wall_seconds", 0.0) + (
+      time.time() - t0)
+  results["versions"] = _versions()
+  djtrain.write_json_atomic(path, results)
+
+  compare_report.write_report(results, workdir, config)
+  return results
+
+
+def _versions() -> dict[str, Any]:
+  import flax
+  import jax
+  import optax
+  return {"dropjax": dropjax.__version__, "jax": jax.__version__,
+          "flax": flax.__version__, "optax": optax.__version__,
+          "devices": [str(d) for d in jax.devices()],
+          "numpy": np.__version__}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required (where results go).")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
+  run(_CONFIG.value, _WORKDIR.value)
+  print(f"[compare] wrote {os.path.join(_WORKDIR.value, 'report.md')}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Experiments built on dropjax (never imported by the library)."""
