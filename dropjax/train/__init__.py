@@ -1,0 +1,81 @@
+"""Pure-JAX training: jitted steps, ``lax.scan`` chunks, seeds as a ``vmap`` axis.
+
+The pieces, from the inside out:
+
+* :func:`make_optimizer` -- Adam or SGD with momentum as an optax chain, with
+  optional decoupled weight decay on the kernels and gradient clipping.
+* :func:`make_train_step` -- one pure update
+  ``step(state, batch, key) -> (state, metrics)`` for any dropjax objective
+  ``(params, batch, key) -> (loss, aux)``.
+* :func:`train` -- the loop: the whole data set on device; per-epoch
+  permutations drawn inside ``jit`` from explicit keys; one ``jit`` call per
+  *chunk* of steps (a ``lax.scan``); ``S`` seeds trained at once through
+  ``vmap``; data-parallel over the devices with ``NamedSharding``;
+  evaluation, JSONL metrics, orbax checkpoints and a tqdm progress bar
+  between chunks; exact resumption; a clear error on a non-finite loss.
+* :func:`evaluate`, :func:`write_json_atomic`, :func:`read_jsonl` -- helpers
+  the experiments share.
+
+Every random number is a function of ``(seed, step)``: with
+``k = jax.random.key(seed)``, the initial parameters are
+``init_params(fold_in(k, INIT_TAG))``, epoch ``e``'s data order is
+``permutation(fold_in(fold_in(k, DATA_TAG), e), n)`` and the objective's key
+at step ``t`` is ``fold_in(fold_in(k, STEP_TAG), t)``.
+
+See ``docs/training.md`` for the whole story (sharding, multi-host,
+checkpoints, the NaN policy, the JSONL format).
+
+Example (two seeds of a small MLP with dropout; swap the objective for
+``objectives.explicit_implicit(apply, rates=rates)`` to train with its
+analytic replacement):
+
+>>> import numpy as np
+>>> from dropjax import models, objectives, train
+>>> rng = np.random.default_rng(0)
+>>> x = rng.normal(size=(64, 16)).astype(np.float32)
+>>> y = (x[:, 0] > 0).astype(np.int32)
+>>> apply, _, rates = models.make_model("mlp", layer_sizes=(16, 32, 2))
+>>> result = train.train(
+...     apply, objectives.dropout(apply, rates=rates),
+...     train.make_optimizer("adam", 1e-2),
+...     models.make_init("mlp", layer_sizes=(16, 32, 2)), (x, y),
+...     steps=20, batch_size=16, seeds=(0, 1), chunk_size=10,
+...     eval_data={"train": (x, y)}, devices=1, progress=False)
+>>> [r["step"] for r in result.history]
+[10, 20]
+>>> result.state.params["output"]["kernel"].shape
+(2, 32, 2)
+"""
+
+from dropjax.train.evaluation import evaluate
+from dropjax.train.files import read_jsonl
+from dropjax.train.files import write_json_atomic
+from dropjax.train.loop import CHECKPOINT_DIR
+from dropjax.train.loop import DATA_AXIS
+from dropjax.train.loop import DATA_TAG
+from dropjax.train.loop import FAILURE_FILE
+from dropjax.train.loop import INIT_TAG
+from dropjax.train.loop import METRICS_FILE
+from dropjax.train.loop import NonFiniteLossError
+from dropjax.train.loop import STEP_TAG
+from dropjax.train.loop import SUMMARY_FILE
+from dropjax.train.loop import TrainResult
+from dropjax.train.loop import clear_compile_cache
+from dropjax.train.loop import init_seeds
+from dropjax.train.loop import make_mesh
+from dropjax.train.loop import seed_keys
+from dropjax.train.loop import train
+from dropjax.train.optim import kernel_mask
+from dropjax.train.optim import make_optimizer
+from dropjax.train.step import TrainState
+from dropjax.train.step import init_state
+from dropjax.train.step import make_train_step
+
+__all__ = [
+    "CHECKPOINT_DIR", "DATA_AXIS", "DATA_TAG", "FAILURE_FILE", "INIT_TAG",
+    "METRICS_FILE", "NonFiniteLossError", "STEP_TAG", "SUMMARY_FILE",
+    "TrainResult", "TrainState", "clear_compile_cache", "evaluate",
+    "init_seeds", "init_state", "kernel_mask", "make_mesh", "make_optimizer",
+    "make_train_step", "read_jsonl", "seed_keys", "train",
+    "write_json_atomic",
+]
