@@ -224,8 +224,9 @@ def analytic(apply: _sites.Apply, *, rates: _sites.Rates,
   r"""``L̄ + R_exp + R_imp`` from one clean forward pass (Algorithm 2).
 
   The data loss, the explicit and the implicit terms share one forward pass;
-  the sampled-label and true-label site gradients share one batched backward
-  pass. The gradient of the result is the paper's Algorithm-2 update.
+  the sampled-label and true-label site gradients are two backward passes
+  through its residuals (no forward pass is recomputed). The gradient of the
+  result is the paper's Algorithm-2 update.
 
   Args:
     apply: the model.
@@ -260,22 +261,19 @@ def analytic(apply: _sites.Apply, *, rates: _sites.Rates,
     data = _losses.mean_loss(loss, lin.outputs, y)
 
     # Site gradients for the true labels (implicit, true_label) and the
-    # sampled labels (sampled_label), stacked into one backward pass.
-    cots, which = [], []
+    # sampled labels (sampled_label): two backward passes through the one
+    # forward pass's residuals. (Not one vmapped pass over the stacked
+    # cotangents: same FLOPs, but for an MLP XLA then inserted transposes
+    # before the second-order weight-gradient matmuls, and for a recurrent
+    # model the batched transposed lax.scan ran slower; measured in
+    # docs/benchmarks.md.)
+    grads = {}
     if use_implicit or (use_explicit and estimator == "true_label"):
-      cots.append(_losses.loss_cotangent(loss, lin.outputs, y))
-      which.append("true")
+      grads["true"] = lin.vjp(_losses.loss_cotangent(loss, lin.outputs, y))
     if use_explicit and estimator == "sampled_label":
       y_hat = _losses.sample_targets(loss, k_exp, lin.outputs)
-      cots.append(_losses.loss_cotangent(loss, lin.outputs, y_hat))
-      which.append("sampled")
-    grads = {}
-    if len(cots) == 1:
-      grads[which[0]] = lin.vjp(cots[0])
-    elif cots:
-      stacked = jax.vmap(lin.vjp)(jnp.stack(cots))
-      for i, w in enumerate(which):
-        grads[w] = jax.tree.map(lambda a, i=i: a[i], stacked)
+      grads["sampled"] = lin.vjp(
+          _losses.loss_cotangent(loss, lin.outputs, y_hat))
 
     r_exp = r_imp = None
     if use_explicit:
