@@ -1,0 +1,168 @@
+"""Benchmarks harness: a micro run writes the results, the PyTorch peer
+computes dropjax's values."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import data_parallel, run, steps, timing, torch_peer
+
+REQUIRED_RECORD = ("model", "regimen", "median_ms", "compile_ms",
+                   "ratio_to_dropout", "flops", "flop_ratio_to_dropout",
+                   "peak_bytes")
+
+
+def test_micro_run_writes_json_and_markdown(tmp_path):
+  out = str(tmp_path / "micro.json")
+  result = run.main(["--out", out, "--micro", "--sections", "regimens",
+                     "torch_peer"])
+  with open(out) as f:
+    data = json.load(f)
+  assert data["config_name"] == "micro"
+  assert data["device"].startswith("cpu")
+  assert {"jax", "jaxlib", "flax", "optax", "torch"} <= set(data["versions"])
+  assert data["timestamp"]
+  main = [r for r in data["records"] if r["experiment"] == "regimens"]
+  assert [r["regimen"] for r in main] == list(run.CONFIGS["micro"]["regimens"])
+  for r in main:
+    for k in REQUIRED_RECORD:
+      assert k in r, (k, r)
+    assert r["median_ms"] > 0 and r["compile_ms"] > 0
+    assert r["flops"] > 0 and r["peak_bytes"] > 0
+    assert r["n_runs"] == 2
+  ref = next(r for r in main if r["regimen"] == "dropout")
+  assert ref["ratio_to_dropout"] == 1.0 and ref["flop_ratio_to_dropout"] == 1.0
+  ei = next(r for r in main if r["regimen"] == "explicit_implicit")
+  assert ei["flop_ratio_to_dropout"] > 1.0   # double backward costs FLOPs
+  md = open(str(tmp_path / "micro.md")).read()
+  assert "| mlp-20-16-16-10 | explicit_implicit |" in md
+  assert result["records"] == data["records"]
+  assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+  if torch_peer.available():
+    peer = [r for r in data["records"] if r["experiment"] == "torch_peer"]
+    assert {(r["framework"], r["regimen"]) for r in peer} == {
+        (fw, reg) for fw in ("jax", "pytorch")
+        for reg in ("dropout", "explicit_implicit")}
+    assert all(r["ratio_dropjax_to_pytorch"] > 0 for r in peer)
+
+
+def test_data_parallel_subprocess_uses_fake_devices():
+  res = data_parallel.run(devices=2, width=8, batch=8, repeats=2, warmup=1,
+                          regimens=("none",), timeout=300)
+  assert not res.get("error"), res.get("error")
+  assert res["device_count"] == 2
+  assert sorted(r["devices"] for r in res["records"]) == [1, 2]
+  for r in res["records"]:
+    assert r["median_ms"] > 0 and r["experiment"] == "data_parallel"
+
+
+def test_interleaved_timing_rotates_and_ratios_are_paired():
+  order = []
+  calls = {n: (lambda n=n: order.append(n)) for n in "abc"}
+  times = timing.time_interleaved(calls, repeats=3, warmup=1)
+  assert order[:3] == list("abc")                         # warm-up
+  assert order[3:] == list("abc") + list("bca") + list("cab")
+  assert all(len(t) == 3 for t in times.values())
+  assert timing.paired_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == 2.0
+  s = timing.summary([0.001, 0.003, 0.002])
+  assert s["median_ms"] == pytest.approx(2.0) and s["n_runs"] == 3
+
+
+def test_compiled_step_cost_and_memory():
+  model = steps.mlp(width=8, batch=4, d_in=6, n_out=3)
+  opt = steps.optimizer()
+  jitted = jax.jit(steps.make_step(steps.objective("none", model), opt))
+  compiled, ms = timing.compile_timed(jitted, *steps.step_args(model, opt))
+  c = timing.cost(compiled)
+  # Forward + backward matmuls alone: 2 * 4 * (6*8 + 8*8 + 8*3) * 3 - the
+  # input gradient of the first layer (not needed) = 2*4*(136*3 - 48).
+  assert c["flops"] >= 2 * 4 * (136 * 3 - 48)
+  m = timing.memory(compiled)
+  assert m["peak_bytes"] >= m["argument_bytes"] > 0 and ms > 0
+
+
+def _peer_inputs():
+  model = steps.mlp(width=12, batch=6, d_in=7, n_out=4, rate=0.3)
+  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model.params)
+  x, y = model.batch
+  x = jnp.asarray(x, jnp.float64)
+  y_hat = jax.random.randint(jax.random.key(5), y.shape, 0, 4)
+  names = sorted(model.rates)
+  signs = {n: jax.random.rademacher(jax.random.key(10 + i), (6, 12),
+                                    jnp.float64)
+           for i, n in enumerate(names)}
+  return model, params, x, y, y_hat, signs, names
+
+
+def test_torch_peer_computes_the_same_values_and_gradients():
+  torch = pytest.importorskip("torch")
+  with jax.enable_x64(True):
+    model, params, x, y, y_hat, signs, names = _peer_inputs()
+
+    def terms(p):
+      return steps.analytic_terms(model.apply, p, x, y, rates=model.rates,
+                                  y_hat=y_hat, signs=signs)
+
+    want = jax.jit(terms)(params)
+    grads = jax.jit(jax.grad(lambda p: terms(p)["total"]))(params)
+    peer = torch_peer.PeerMLP(torch_peer.mlp_weights(params),
+                              dtype=torch.float64)
+    got = torch_peer.analytic_terms(
+        peer, torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y)),
+        [model.rates[n] for n in names],
+        y_hat=torch.tensor(np.asarray(y_hat)),
+        signs=[torch.tensor(np.asarray(signs[n])) for n in names])
+    for k in ("data", "explicit", "implicit", "total"):
+      np.testing.assert_allclose(float(got[k].detach()), float(want[k]),
+                                 rtol=1e-12, atol=1e-14, err_msg=k)
+    assert abs(float(want["explicit"])) > 1e-3
+    assert abs(float(want["implicit"])) > 1e-3
+    got["total"].backward()
+    flat = [a for kb in torch_peer.mlp_weights(grads) for a in kb]
+    for g_jax, p_torch in zip(flat, peer.params):
+      np.testing.assert_allclose(p_torch.grad.numpy(), g_jax, rtol=1e-10,
+                                 atol=1e-12)
+
+
+def test_torch_peer_trainer_steps_run():
+  pytest.importorskip("torch")
+  model = steps.mlp(width=8, batch=4, d_in=5, n_out=3)
+  trainer = torch_peer.PeerTrainer(torch_peer.mlp_weights(model.params),
+                                   *model.batch, [0.5, 0.5])
+  for r in torch_peer.PeerTrainer.REGIMENS:
+    assert np.isfinite(trainer.step(r))
+  with pytest.raises(ValueError, match="valid"):
+    trainer.step("nope")
+
+
+def test_given_labels_helper_reproduces_the_library_objective():
+  """With the labels and signs the objective draws from its key, the
+  deterministic helper the peer is checked against gives the objective's
+  own terms: the peer check covers what the benchmark times."""
+  from dropjax import implicit, losses, sites
+  model = steps.mlp(width=8, batch=4, d_in=5, n_out=3)
+  key = jax.random.key(3)
+  objective = steps.objective("explicit_implicit", model)
+
+  @jax.jit
+  def both(params, batch, key):
+    loss, aux = objective(params, batch, key)
+    k_exp, k_imp = jax.random.split(key)
+    x, y = batch
+    lin = sites.linearize_sites(model.apply, params, x)
+    y_hat = losses.sample_targets("softmax_cross_entropy", k_exp,
+                                  lin.outputs)
+    signs = implicit.rademacher_signs(k_imp, lin.activations)
+    terms = steps.analytic_terms(model.apply, params, x, y,
+                                 rates=model.rates, y_hat=y_hat, signs=signs)
+    return loss, aux, terms
+
+  loss, aux, terms = both(model.params, model.batch, key)
+  np.testing.assert_allclose(terms["explicit"], aux["explicit"], rtol=1e-5)
+  np.testing.assert_allclose(terms["implicit"], aux["implicit"], rtol=1e-5,
+                             atol=1e-7)
+  np.testing.assert_allclose(terms["total"], loss, rtol=1e-5)
