@@ -29,7 +29,7 @@ Rate = Union[float, Sequence[float]]
 
 def glorot_uniform(key: Array, shape: Sequence[int],
                    dtype=jnp.float32) -> Array:
-  """Glorot (Xavier) uniform: ``U(-a, a)``, ``a = sqrt(6 / (fan_in + fan_out))``.
+  """Glorot uniform: ``U(-a, a)`` with ``a = sqrt(6 / (fan_in + fan_out))``.
 
   The same values as ``nnx.initializers.glorot_uniform()`` (Keras's default),
   fans computed the same way (``in`` axis ``-2``, ``out`` axis ``-1``, the

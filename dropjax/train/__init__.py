@@ -1,4 +1,4 @@
-"""Pure-JAX training: jitted steps, ``lax.scan`` chunks, seeds as a ``vmap`` axis.
+"""Pure-JAX training: jitted steps, ``lax.scan`` chunks, ``vmap``-ped seeds.
 
 The pieces, from the inside out:
 

@@ -85,7 +85,7 @@ def jsonl_line(record: dict) -> str:
 
 
 def write_jsonl_atomic(path: str, records: Iterable[dict]) -> None:
-  """Replaces ``path`` with ``records``, one JSON object per line, atomically."""
+  """Replaces ``path`` atomically with ``records``, one JSON object a line."""
   write_text_atomic(path, "".join(jsonl_line(r) for r in records))
 
 

@@ -1,4 +1,4 @@
-"""The training loop: scan chunks, seeds as a vmap axis, sharding, checkpoints."""
+"""The training loop: scan chunks, vmapped seeds, sharding, checkpoints."""
 
 from __future__ import annotations
 
@@ -282,7 +282,7 @@ def _check_stacked(params, n_seeds):
 
 
 class _Checkpoints:
-  """orbax ``CheckpointManager`` holding ``{"state": TrainState, "meta": json}``."""
+  """orbax ``CheckpointManager``: ``{"state": TrainState, "meta": dict}``."""
 
   def __init__(self, directory: str, keep: int, async_save: bool):
     import orbax.checkpoint as ocp  # only needed with a run directory
