@@ -1,0 +1,61 @@
+"""Default config of the character-level LSTM language-model experiment.
+
+Sized to run every regimen for two seeds in about 30 minutes on 2 CPU cores
+(see ``docs/language_model.md`` for the measured time): a one-layer LSTM
+(128 units, embedding 64) on the first 20,000 characters of the Shakespeare
+training plays, so that the model overfits within the step budget (250 steps
+are about 13 epochs) and dropout has something to do. Validation and test are the full held-out plays.
+
+    python -m experiments.language_model --workdir /tmp/lm
+    python -m experiments.language_model --workdir /tmp/lm \
+        --config.steps=1000 --config.seeds='(0, 1, 2)'
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+ALL_REGIMENS = ("none,dropout_1,dropout_2,dropout_4,dropout_8,"
+                "dropout_8_fix_noise,dropout_8_implicit,explicit,"
+                "explicit_implicit")
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  # --- data -----------------------------------------------------------------
+  c.corpus = "shakespeare"          # any dropjax.data.text.load_corpus name
+  c.train_tokens = 20_000           # first N training tokens (0: all)
+  c.curve_tokens = 30_000           # validation prefix for the curve (0: all)
+  c.eval_tokens = 0                 # val/test tokens for final numbers (0: all)
+  c.batch_size = 32                 # parallel streams
+  c.bptt = 32                       # fixed chunk length (TBPTT)
+  c.eval_batch_size = 128
+  c.eval_bptt = 128
+  # --- model ----------------------------------------------------------------
+  c.model = ml_collections.ConfigDict(dict(
+      embed_dim=64, hidden_size=128, num_layers=1, tie_weights=False,
+      forget_bias=1.0))
+  # Drop rates of the sites (AWD-LSTM: dropouti, dropouth, dropout, wdrop).
+  c.rates = ml_collections.ConfigDict(dict(
+      emb=0.25, hidden=0.25, out=0.25, weight=0.25))
+  # --- optimisation ---------------------------------------------------------
+  c.optimizer = "adam"              # "adam" or "sgd"
+  c.learning_rate = 1e-2
+  c.momentum = 0.0                  # sgd only
+  c.clip_norm = 1.0                 # global-norm clipping (AWD-LSTM: 0.25)
+  c.weight_decay = 0.0
+  c.steps = 250
+  c.chunk_size = 25                 # steps per jit call
+  c.eval_every = 1                  # curve point every this many calls
+  c.checkpoint_every = 4            # orbax checkpoint every this many calls
+  # --- regimens -------------------------------------------------------------
+  # Comma-separated: none, dropout_K, dropout_K_fix_noise, dropout_K_implicit,
+  # explicit, implicit, explicit_implicit.
+  c.regimens = ALL_REGIMENS
+  c.seeds = (0, 1)
+  c.estimator = "sampled_label"     # explicit estimator
+  c.explicit_scale = 1.0            # 1 = Taylor-faithful q/(2(1-q))
+  c.implicit_scale = 1.0            # covariance scale (1 = DROPOUT_1's noise)
+  # DROPOUT_k + implicit: covariance scale; None = 1 - 1/k.
+  c.dropout_k_implicit_scale = config_dict.placeholder(float)
+  c.progress = True
+  return c
