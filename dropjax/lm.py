@@ -36,13 +36,14 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dropjax.train import files as _files
 import optax
 
 from dropjax import losses as _losses
@@ -571,17 +572,4 @@ def train_lm(apply: _sites.Apply, objective: Objective,
 
 def write_json_lines(path: str, records: Sequence[Mapping]) -> None:
   """Rewrites a JSONL file atomically with ``records`` (one per line)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                             suffix=".tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write("".join(json.dumps(r) + "\n" for r in records))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  _files.write_jsonl_atomic(path, records)

@@ -55,6 +55,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dropjax.train import files as _files
+
 from dropjax import lm as djlm
 from dropjax import objectives as djobj
 from dropjax.data import text as djtext
@@ -651,18 +653,7 @@ def write_report(workdir: str, results: dict, regimens: list[Regimen]):
 
 def _write_text(path: str, text: str):
   """Writes ``text`` atomically (temp file in the same directory + rename)."""
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                             suffix=".tmp", dir=os.path.dirname(path) or ".")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  _files.write_text_atomic(path, text)
 
 
 def _savefig_atomic(fig, path: str):

@@ -4,21 +4,15 @@
 AWD-LSTM (Merity et al. 2018, and the LSTM code of Wei, Kakade & Ma 2020)
 puts its dropout:
 
-========  =======================================  ==========================
-site      tensor                                   mask
-========  =======================================  ==========================
-``emb``   embedding output ``[B, T, E]``           locked: one mask per
-                                                   sequence and unit, shared
-                                                   over time
-``h{i}``  output of LSTM layer ``i < L - 1``       locked
-          ``[B, T, H_i]`` (input of layer i + 1)
-``out``   output of the last LSTM layer            locked
-          ``[B, T, H_{L-1}]`` (decoder input)
-``w_hh{i}`` hidden-to-hidden weight of layer ``i``  DropConnect: one
-          ``[H_i, 4 H_i]``                         element-wise mask per
-                                                   forward pass, shared by the
-                                                   batch and all time steps
-========  =======================================  ==========================
+* ``emb``: the embedding output ``[B, T, E]``; locked (one mask per
+  sequence and unit, shared over time).
+* ``h{i}`` (``i < L - 1``): the output of LSTM layer ``i``, ``[B, T, H_i]``
+  (the input of layer ``i + 1``); locked.
+* ``out``: the output of the last LSTM layer, ``[B, T, H_{L-1}]`` (the
+  decoder input); locked.
+* ``w_hh{i}``: the hidden-to-hidden weight of layer ``i``, ``[H_i, 4 H_i]``;
+  DropConnect: one element-wise mask per forward pass, shared by the whole
+  batch and all time steps.
 
 Every site is a :class:`dropjax.flax.Dropout` layer: ``emb``/``h{i}``/``out``
 with ``broadcast_dims=(1,)`` (the time axis), ``w_hh{i}`` applied to the
