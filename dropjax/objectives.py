@@ -150,11 +150,7 @@ def dropout_family(apply: _sites.Apply, *, rates: _sites.Rates, k: int = 1,
   _losses.check_loss(loss)
   if implicit_scale is None:
     implicit_scale = 1.0 - 1.0 / k
-  if isinstance(rates, Mapping):
-    for q in rates.values():
-      _dropout.check_rate(q)
-  else:
-    _dropout.check_rate(rates)
+  _sites.check_rates(rates)
   _sites.dropout_sites(jax.random.key(0), rates, noise=noise)  # validates noise
   n_masks = k + (2 if fix_noise else 0)
 
@@ -247,11 +243,7 @@ def analytic(apply: _sites.Apply, *, rates: _sites.Rates,
   """
   _explicit.check_estimator(estimator)
   _losses.check_loss(loss)
-  if isinstance(rates, Mapping):
-    for q in rates.values():
-      _dropout.check_rate(q)
-  else:
-    _dropout.check_rate(rates)
+  _sites.check_rates(rates)
 
   def objective(params, batch, key):
     x, y = _split_batch(batch)

@@ -72,6 +72,17 @@ def rate_for(rates: Rates, name: str):
   return rates
 
 
+def check_rates(rates: Rates) -> Rates:
+  """Validates one rate or every rate of a ``{site: q}`` mapping.
+
+  Raises:
+    ValueError: for a concrete rate outside ``[0, 1)``.
+  """
+  for q in (rates.values() if isinstance(rates, Mapping) else (rates,)):
+    _dropout.check_rate(q)
+  return rates
+
+
 def dropout_sites(key: Array, rates: Rates, *,
                   broadcast_axes: Mapping[str, Sequence[int]] | None = None,
                   noise: str = "bernoulli") -> Sites:
@@ -97,11 +108,7 @@ def dropout_sites(key: Array, rates: Rates, *,
     raise ValueError(
         f"unknown noise {noise!r}; valid: 'bernoulli', 'gaussian'.")
   axes = dict(broadcast_axes or {})
-  if isinstance(rates, Mapping):
-    for q in rates.values():
-      _dropout.check_rate(q)
-  else:
-    _dropout.check_rate(rates)
+  check_rates(rates)
 
   def sites(name: str, h: Array) -> Array:
     q = rate_for(rates, name)
