@@ -25,6 +25,7 @@ def get_config():
   c.model.num_layers = 1
   c.steps = 4
   c.chunk_size = 2
+  c.eval_every = 1                  # a curve point after each call
   c.checkpoint_every = 1
   # One regimen per kind of objective (explicit alone shares its code path
   # with explicit_implicit and is left out to save a compilation).
