@@ -1,9 +1,10 @@
 """Default config of the character-level LSTM language-model experiment.
 
 Sized to run every regimen for two seeds within 30 minutes on 2 CPU cores
-(measured: 22 min on an idle 2-core machine, ``docs/language_model.md``): a one-layer LSTM
-(128 units, embedding 64) on the first 50,000 characters of the Shakespeare
-training plays, 750 steps of 32 streams x 32 characters (about 15 epochs).
+(measured: 22 min on an idle 2-core machine, ``docs/language_model.md``): a
+one-layer LSTM (128 units, embedding 64) on the first 50,000 characters of the
+Shakespeare training plays, 750 steps of 32 streams x 32 characters (about 15
+epochs).
 Pilot runs (one seed, validation bits per character on 40k held-out
 characters, every 150 steps) chose the subset: with 50k characters the
 unregularized model overfits within the budget (3.15 at step 450, 3.22 at
