@@ -27,14 +27,9 @@ Targeted dropout settings (Gomez et al. 2019, Table 2 grid):
   alpha on the same gamma gives more robustness. Units are dropped whole (the
   paper as written; ``dropjax.targeted_unit_dropout`` default).
 
-Estimated wall time on 2 idle CPU cores (docs/compressibility.md §5,
-extrapolated by the report's §7 from the measured per-step CPU times and
-clustering times of a 3 + 3-epoch run of this config): about 1.8 hours --
-1.3 h of training (8 conditions x 18 720 steps, 3 seeds vmapped), 0.4 h of
-clustering (8 x 3 x 2 x 51 clusterings, about 0.8 CPU-hours over 2 worker
-processes), a few minutes of compilation and prune curves; about 1.1 h if
-XLA spreads each step over both cores. On the shared development machine
-(load average 5-9) expect 3-4 hours.
+Measured wall time on 2 idle CPU cores: 43 min for the whole study
+(docs/compressibility.md §9); on a machine shared with other jobs expect
+2-3 times that.
 """
 
 import ml_collections
