@@ -9,8 +9,9 @@ weight and targeted unit dropout) and every seed, the study
 
 1. trains the MLP (phase 1, :func:`dropjax.train.train`, seeds vmapped) --
    the *unpruned* net;
-2. continues training under gradual magnitude pruning (phase 2,
-   :func:`run_pruning_phase`): per-layer masks over every kernel, TF-MOT's
+2. continues training under gradual magnitude pruning (phase 2, the same
+   engine with a masked optimizer and a re-masking ``hook`` run inside the
+   jitted scan before each update): per-layer masks over every kernel, TF-MOT's
    cubic schedule, masks recomputed every ``frequency`` steps and pruned
    weights held at zero after every update -- the *pruned* net;
 3. measures both nets: test accuracy and loss, the sparsity report
@@ -31,26 +32,15 @@ Files written into ``DIR``:
 * ``records/<condition>/seed_<s>.json`` -- each run's record (a partial one
   while its analysis is under way), ``params/<condition>/seed_<s>_*.npz`` --
   the unpruned and pruned parameters, ``runs/<condition>/...`` -- phase-1
-  metrics (JSONL) and orbax checkpoints.
+  and phase-2 metrics (JSONL) and orbax checkpoints.
 
 Re-running the same command resumes: finished (condition, seed) runs are
 skipped, saved parameters are reused, finished analysis stages are kept, and
-an interrupted phase 1 continues from its last checkpoint. A run whose loss
+an interrupted phase continues from its last checkpoint. A run whose loss
 becomes NaN/inf stops with a message naming the condition, seed, phase and
 step; its record says so and the other runs go on.
 
-Two pieces are study-specific rather than shared:
-
-* Phase 2 runs in its own ``lax.scan`` loop (:func:`run_pruning_phase`),
-  because the mask update must happen between optimizer steps at an
-  *unbatched* step index (the shared trainer's scan body has one but offers
-  no hook), and a batched ``lax.cond`` inside the vmapped step would compute
-  the masks at every step.
-* With ``fast_thresholds`` (default), order statistics are found by bisection
-  on the float bit pattern (:func:`kth_smallest`) instead of ``jnp.sort``,
-  which is about ten times slower on CPU. The results are identical to
-  :func:`dropjax.analysis.layerwise_magnitude_masks` and
-  :func:`dropjax.targeted_weight_dropout` (tested bit for bit).
+Both phases checkpoint and resume (``runs/<condition>/phase{1,2}_seeds_*``).
 """
 
 from __future__ import annotations
@@ -362,7 +352,7 @@ def masked_optimizer(inner: optax.GradientTransformation
   optimizer and replaces the update of every masked entry by ``-param``, so
   ``params + updates`` is exactly 0 there (TF-MOT re-applies its masks after
   every step to the same effect). The masks are set from outside
-  (:func:`run_pruning_phase`).
+  (:func:`pruning_hook`).
   """
 
   def init(params):
@@ -381,166 +371,28 @@ def masked_optimizer(inner: optax.GradientTransformation
   return optax.GradientTransformation(init, update)
 
 
-@dataclasses.dataclass
-class PruningPhaseResult:
-  """What :func:`run_pruning_phase` returns.
-
-  Attributes:
-    params: final parameters, leaves ``[S, ...]`` (masked entries exactly 0;
-      garbage for failed seeds).
-    failures: ``{seed: {"step": t, "metrics": {...}}}`` for seeds whose loss
-      or gradient norm became non-finite (first bad step).
-    seconds: wall time of the chunks (compilation included).
-    history: per chunk ``{"step", "steps", "seconds", "cpu_seconds",
-      "loss": [S]}`` (loss: mean over the chunk; the first chunk's times
-      include compilation).
-  """
-  params: Any
-  failures: dict
-  seconds: float
-  history: list
-
-
-def _epoch_perms(keys, n_epochs: int, n: int):
-  def one(k):
-    dk = jax.random.fold_in(k, djtrain.DATA_TAG)
-    return jax.vmap(lambda e: jax.random.permutation(
-        jax.random.fold_in(dk, e), n))(jnp.arange(n_epochs))
-  return jax.jit(jax.vmap(one))(keys).astype(jnp.int32)
-
-
-def run_pruning_phase(objective, optimizer: optax.GradientTransformation,
-                      params, train_data, *, seeds: Sequence[int],
-                      steps: int, batch_size: int,
-                      schedule: PruningSchedule,
-                      mask_fn: Callable | None = None,
-                      chunk_size: int | None = None, run_name: str = "prune",
-                      progress: bool = False,
-                      callback: Callable[[dict], None] | None = None
-                      ) -> PruningPhaseResult:
-  """Gradual magnitude pruning of ``S`` seeds at once (one ``lax.scan`` per chunk).
-
-  At every step ``t`` (``0 .. steps-1``, an unbatched scan index): if
-  ``schedule.is_update(t)``, the masks become ``mask_fn(params,
-  schedule.sparsity(t))`` and the parameters are masked; then one optimizer
-  step of ``objective`` runs for every seed (``vmap``), through
-  :func:`masked_optimizer`, so pruned entries stay exactly zero. The
-  optimizer state starts fresh. Keys follow :func:`dropjax.train.train`:
-  with ``k = jax.random.key(seed)``, epoch ``e``'s data order is
-  ``permutation(fold_in(fold_in(k, DATA_TAG), e), n)`` and the objective's key
-  at step ``t`` is ``fold_in(fold_in(k, STEP_TAG), t)``.
-
-  A seed whose loss or gradient norm becomes non-finite is reported in
-  ``failures`` (first bad step); the seeds are independent under ``vmap``,
-  so the others go on.
-
-  Args:
-    objective: ``(params, batch, key) -> (loss, aux)``.
-    optimizer: the inner optax optimizer (e.g. Adam 1e-3).
-    params: initial parameters, leaves ``[S, ...]``.
-    train_data: ``(x, y)`` host arrays.
-    seeds: ``S`` distinct seeds (data order and noise).
-    steps: number of updates.
-    batch_size: examples per step (``n % batch_size`` left over per epoch).
-    schedule: the :class:`PruningSchedule`.
-    mask_fn: ``(params, sparsity) -> masks``; default
-      :func:`dropjax.analysis.layerwise_magnitude_masks` (all kernels).
-    chunk_size: steps per jit call (default: one epoch).
-    run_name: names the progress bar.
-    progress: show a tqdm bar.
-    callback: ``callback({"step": t, "params": host copy [S, ...]})`` after
-      every chunk.
-
-  Returns:
-    A :class:`PruningPhaseResult`.
-
-  Raises:
-    ValueError: bad sizes.
-  """
-  seeds = tuple(int(s) for s in seeds)
-  n_seeds = len(seeds)
-  x, y = train_data
-  n = int(np.shape(x)[0])
-  if not 1 <= batch_size <= n or steps < 1:
-    raise ValueError(f"need 1 <= batch_size ({batch_size}) <= n ({n}) and "
-                     f"steps ({steps}) >= 1.")
-  spe = n // batch_size
-  chunk_size = int(chunk_size or spe)
+def pruning_hook(schedule: PruningSchedule, mask_fn: Callable | None = None):
+  """``hook(state, t) -> state``: at mask-update steps, recompute the masks of
+  one seed's parameters at the scheduled sparsity and apply them."""
   mask_fn = mask_fn or an.layerwise_magnitude_masks
-  opt = masked_optimizer(optimizer)
-  step_fn = djtrain.make_train_step(objective, opt)
-  keys = djtrain.seed_keys(seeds)
-  perms = _epoch_perms(keys, -(-steps // spe), n)
-  x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
 
-  def remask(states, t):
-    s = schedule.sparsity(t)
-    masks = jax.vmap(lambda p: mask_fn(p, s))(states.params)
-    params = jax.vmap(an.apply_masks)(states.params, masks)
-    return states._replace(params=params,
-                           opt_state=states.opt_state._replace(masks=masks))
+  def remask(state, t):
+    masks = mask_fn(state.params, schedule.sparsity(t))
+    return state._replace(params=an.apply_masks(state.params, masks),
+                          opt_state=state.opt_state._replace(masks=masks))
 
-  def body(states, t, xd, yd, perms, keys):
-    states = jax.lax.cond(schedule.is_update(t),
-                          functools.partial(remask, t=t), lambda s: s,
-                          states)
-    e = t // spe
-    pos = (t % spe) * batch_size
-    idx = jax.lax.dynamic_slice(perms, (0, e, pos),
-                                (n_seeds, 1, batch_size))[:, 0]
-    ks = jax.vmap(lambda k: jax.random.fold_in(
-        jax.random.fold_in(k, djtrain.STEP_TAG), t))(keys)
-    return jax.vmap(step_fn)(states, (xd[idx], yd[idx]), ks)
+  def hook(state, t):
+    return jax.lax.cond(schedule.is_update(t), remask,
+                        lambda st, _: st, state, t)
 
-  @functools.partial(jax.jit, static_argnums=(5,), donate_argnums=(0,))
-  def chunk(states, xd, yd, perms, keys, n_steps, start):
-    ts = start + jnp.arange(n_steps, dtype=jnp.int32)
-    return jax.lax.scan(
-        lambda st, t: body(st, t, xd, yd, perms, keys), states, ts)
+  return hook
 
-  states = jax.jit(jax.vmap(lambda p: djtrain.init_state(p, opt)))(params)
-  bar = None
-  if progress:
-    try:
-      from tqdm.auto import tqdm
-      bar = tqdm(total=steps, desc=run_name, unit="step", dynamic_ncols=True)
-    except ImportError:
-      bar = None
-  failures: dict = {}
-  history: list = []
-  seconds = 0.0
-  t = 0
-  try:
-    while t < steps and len(failures) < n_seeds:
-      n_now = min(chunk_size, steps - t)
-      t0, c0 = time.perf_counter(), time.process_time()
-      states, metrics = chunk(states, x_dev, y_dev, perms, keys, n_now,
-                              jnp.int32(t))
-      metrics = jax.device_get(metrics)
-      dt = time.perf_counter() - t0
-      seconds += dt
-      bad = ~(np.isfinite(metrics["loss"]) & np.isfinite(metrics["grad_norm"]))
-      for j, s in enumerate(seeds):
-        if s not in failures and bad[:, j].any():
-          i = int(np.argmax(bad[:, j]))
-          failures[s] = {"step": t + i,
-                         "metrics": {k: float(v[i, j])
-                                     for k, v in metrics.items()}}
-      t += n_now
-      history.append({"step": t, "steps": n_now, "seconds": dt,
-                      "cpu_seconds": time.process_time() - c0,
-                      "loss": np.mean(metrics["loss"], axis=0).tolist()})
-      if bar is not None:
-        bar.set_postfix({"loss": f"{float(np.nanmean(metrics['loss'])):.4f}"},
-                        refresh=False)
-        bar.update(n_now)
-      if callback is not None:
-        callback({"step": t, "params": jax.device_get(states.params)})
-  finally:
-    if bar is not None:
-      bar.close()
-  return PruningPhaseResult(params=states.params, failures=failures,
-                            seconds=seconds, history=history)
+
+def _chunk_times(marks) -> list[dict]:
+  """Per chunk ``{"steps", "seconds", "cpu_seconds"}`` from callback marks
+  ``(wall, cpu, step)`` (the first chunk includes compilation)."""
+  return [{"steps": b[2] - a[2], "seconds": b[0] - a[0],
+           "cpu_seconds": b[1] - a[1]} for a, b in zip(marks, marks[1:])]
 
 
 # ---------------------------------------------------------------------------
@@ -922,6 +774,11 @@ class Study:
     rec.update(status="failed", phase=phase, step=int(step), message=msg)
     self.save_record(rec)
 
+  def _fail_from(self, rec: dict, phase: int, failure: dict) -> None:
+    m = failure["metrics"]
+    self._fail(rec, phase, failure["step"],
+               f" (loss={m.get('loss')}, grad_norm={m.get('grad_norm')})")
+
   def run_condition(self, cond: str) -> None:
     cfg = self.config
     recs = {}
@@ -945,34 +802,29 @@ class Study:
                                          self.site_names,
                                          fast=bool(cfg.fast_thresholds))
 
-    # Phase 1: ordinary training (shared trainer, seeds vmapped).
+    # Phase 1: ordinary training (the engine, seeds vmapped; a seed whose
+    # loss becomes non-finite is recorded as failed, the others go on).
     todo = [s for s in recs if not os.path.exists(
         self.params_path(cond, s, "unpruned"))]
-    while todo:
+    if todo:
       run_dir = os.path.join(self.workdir, "runs", cond,
                              "phase1_seeds_" + "-".join(map(str, todo)))
       marks = [(time.perf_counter(), time.process_time(), 0)]
-      try:
-        res = djtrain.train(
-            self.apply, objective, self.optimizer, self.init,
-            self.train_data, steps=self.steps1,
-            batch_size=int(cfg.batch_size), seeds=todo,
-            chunk_size=int(cfg.chunk_size) or self.steps_per_epoch,
-            run_dir=run_dir, run_name=f"{cond} phase 1",
-            checkpoint_every=int(cfg.checkpoint_every), devices=1,
-            progress=bool(cfg.progress),
-            callback=lambda info: marks.append(
-                (time.perf_counter(), time.process_time(), info["step"])))
-      except djtrain.NonFiniteLossError as err:
-        for s, step in err.failures.items():
-          m = err.metrics.get(s, {})
-          self._fail(recs.pop(s), 1, step,
-                     f" (loss={m.get('loss')}, grad_norm={m.get('grad_norm')})")
-        todo = [s for s in todo if s not in err.failures]
-        continue
-      chunks = [{"steps": b[2] - a[2], "seconds": b[0] - a[0],
-                 "cpu_seconds": b[1] - a[1]} for a, b in zip(marks, marks[1:])]
+      res = djtrain.train(
+          self.apply, objective, self.optimizer, self.init,
+          self.train_data, steps=self.steps1,
+          batch_size=int(cfg.batch_size), seeds=todo,
+          chunk_size=int(cfg.chunk_size) or self.steps_per_epoch,
+          on_nan="drop_seed", run_dir=run_dir, run_name=f"{cond} phase 1",
+          checkpoint_every=int(cfg.checkpoint_every), devices=1,
+          progress=bool(cfg.progress),
+          callback=lambda info: marks.append(
+              (time.perf_counter(), time.process_time(), info["step"])))
+      chunks = _chunk_times(marks)
       for i, s in enumerate(res.seeds):
+        if s in res.failures:
+          self._fail_from(recs.pop(s), 1, res.failures[s])
+          continue
         save_params(self.params_path(cond, s, "unpruned"),
                     _index(res.state.params, i))
         recs[s]["timing"]["phase1_seconds_group"] = res.train_seconds
@@ -981,42 +833,46 @@ class Study:
         recs[s]["final_train_loss_phase1"] = float(
             res.history[-1]["train"]["loss"][i])
         self.save_record(recs[s])
-      break
     if not recs:
       return
 
     # Analysis of the unpruned nets.
     self.analyse(cond, recs, "unpruned", STAGES_UNPRUNED)
 
-    # Phase 2: gradual magnitude pruning (own scan loop).
+    # Phase 2: gradual magnitude pruning: the same engine with the masked
+    # optimizer and the re-masking hook inside the jitted scan.
     todo = [s for s in recs if not os.path.exists(
         self.params_path(cond, s, "pruned"))]
     if todo:
       p1 = _stack([load_params(self.params_path(cond, s, "unpruned"))
                    for s in todo])
       off = int(cfg.phase2_seed_offset)
-      res = run_pruning_phase(
-          objective, self.optimizer, p1, self.train_data,
-          seeds=[s + off for s in todo], steps=self.steps2,
-          batch_size=int(cfg.batch_size), schedule=self.schedule,
-          mask_fn=self.mask_fn,
+      marks = [(time.perf_counter(), time.process_time(), 0)]
+      res = djtrain.train(
+          self.apply, objective, masked_optimizer(self.optimizer), p1,
+          self.train_data, steps=self.steps2,
+          batch_size=int(cfg.batch_size), seeds=[s + off for s in todo],
           chunk_size=int(cfg.chunk_size) or self.steps_per_epoch,
-          run_name=f"{cond} phase 2", progress=bool(cfg.progress))
+          hook=pruning_hook(self.schedule, self.mask_fn), on_nan="drop_seed",
+          run_dir=os.path.join(self.workdir, "runs", cond,
+                               "phase2_seeds_" + "-".join(map(str, todo))),
+          run_name=f"{cond} phase 2",
+          checkpoint_every=int(cfg.checkpoint_every), devices=1,
+          progress=bool(cfg.progress),
+          callback=lambda info: marks.append(
+              (time.perf_counter(), time.process_time(), info["step"])))
+      chunks = _chunk_times(marks)
       for i, s in enumerate(todo):
         if s + off in res.failures:
-          f = res.failures[s + off]
-          m = f["metrics"]
-          self._fail(recs.pop(s), 2, f["step"],
-                     f" (loss={m.get('loss')}, grad_norm={m.get('grad_norm')})")
+          self._fail_from(recs.pop(s), 2, res.failures[s + off])
           continue
         save_params(self.params_path(cond, s, "pruned"),
-                    _index(res.params, i))
-        recs[s]["timing"]["phase2_seconds_group"] = res.seconds
+                    _index(res.state.params, i))
+        recs[s]["timing"]["phase2_seconds_group"] = res.train_seconds
         recs[s]["timing"]["phase2_group_size"] = len(todo)
-        recs[s]["timing"]["phase2_chunks"] = [
-            {k: h[k] for k in ("steps", "seconds", "cpu_seconds")}
-            for h in res.history]
-        recs[s]["final_train_loss_phase2"] = float(res.history[-1]["loss"][i])
+        recs[s]["timing"]["phase2_chunks"] = chunks
+        recs[s]["final_train_loss_phase2"] = float(
+            res.history[-1]["train"]["loss"][i])
         self.save_record(recs[s])
 
     # Analysis of the pruned nets.

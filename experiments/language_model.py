@@ -57,10 +57,10 @@ import numpy as np
 
 from dropjax.train import files as _files
 
-from dropjax import lm as djlm
 from dropjax import objectives as djobj
 from dropjax.data import text as djtext
 from dropjax.models import lstm as djlstm
+from dropjax import train as djtrain
 from dropjax.train import make_optimizer, write_json_atomic
 
 RESULTS_FILE = "results.json"
@@ -196,9 +196,9 @@ class Data:
   corpus: Any
   train_inputs: np.ndarray
   train_targets: np.ndarray
-  curve: djlm.EvalSet
-  validation: djlm.EvalSet
-  test: djlm.EvalSet
+  curve: djtrain.EvalSet
+  validation: djtrain.EvalSet
+  test: djtrain.EvalSet
 
 
 def load_data(config) -> Data:
@@ -212,9 +212,9 @@ def load_data(config) -> Data:
   eb, et = int(config.eval_batch_size), int(config.eval_bptt)
   return Data(
       corpus, x, y,
-      djlm.make_eval_set(corpus.validation, eb, et, limit(config.curve_tokens)),
-      djlm.make_eval_set(corpus.validation, eb, et, limit(config.eval_tokens)),
-      djlm.make_eval_set(corpus.test, eb, et, limit(config.eval_tokens)))
+      djtrain.make_eval_set(corpus.validation, eb, et, limit(config.curve_tokens)),
+      djtrain.make_eval_set(corpus.validation, eb, et, limit(config.eval_tokens)),
+      djtrain.make_eval_set(corpus.test, eb, et, limit(config.eval_tokens)))
 
 
 # ---------------------------------------------------------------------- runs
@@ -257,20 +257,24 @@ def run_regimen(reg: Regimen, config, data: Data, model: Model, workdir: str,
       clip_norm=float(config.clip_norm) if config.clip_norm else None)
   seeds = tuple(int(s) for s in config.seeds)
   t0 = time.perf_counter()
-  res = djlm.train_lm(
-      apply, objective, optimizer, init, init_carry,
-      data.train_inputs, data.train_targets, steps=int(config.steps),
-      seeds=seeds, chunk_size=int(config.chunk_size),
-      eval_every=int(config.eval_every), curve_set=data.curve,
-      run_dir=run_dir, run_name=reg.name,
+  res = djtrain.train(
+      apply, objective, optimizer, init,
+      djtrain.bptt_stream(data.train_inputs, data.train_targets, init_carry),
+      steps=int(config.steps), seeds=seeds,
+      chunk_size=int(config.chunk_size),
+      eval_data=djtrain.StreamEvaluator(apply, {"curve": data.curve},
+                                        init_carry),
+      eval_every=int(config.eval_every), keep_best=("curve", "loss"),
+      on_nan="drop_seed", run_dir=run_dir, run_name=reg.name,
       checkpoint_every=int(config.checkpoint_every),
+      devices=int(config.get("devices", 0)) or None,
       progress=bool(config.progress))
   evals = {}
   for which, params in (("final", res.state.params),
                         ("best", res.best_params)):
     for split, es in (("val", data.validation), ("test", data.test)):
-      evals[which, split] = djlm.evaluate_lm(apply, params, es, init_carry,
-                                             stacked=True)
+      evals[which, split] = djtrain.evaluate_stream(
+          apply, params, es, init_carry, stacked=True)
   wall = time.perf_counter() - t0
   last_train = res.history[-1]["train"] if res.history else {}
   records = []

@@ -142,11 +142,16 @@ def pruning_run():
   params["output"]["bias"] = params["output"]["bias"].at[2, 0].set(jnp.nan)
   schedule = cs.PruningSchedule(end_step=_END, frequency=_FREQ)
   snaps = []
-  res = cs.run_pruning_phase(
-      objectives.none(apply), djtrain.make_optimizer("adam", 1e-2), params,
+  res = djtrain.train(
+      apply, objectives.none(apply),
+      cs.masked_optimizer(djtrain.make_optimizer("adam", 1e-2)), params,
       (x, y), seeds=(0, 1, 2), steps=_STEPS, batch_size=32,
-      schedule=schedule, mask_fn=cs.fast_layerwise_masks, chunk_size=_CHUNK,
-      callback=lambda info: snaps.append(info))
+      chunk_size=_CHUNK, hook=cs.pruning_hook(schedule, cs.fast_layerwise_masks),
+      on_nan="drop_seed", devices=1, progress=False,
+      callback=lambda info: snaps.append(
+          {"step": info["step"],
+           "params": jax.device_get(info["state"].params)}))
+  res.params = res.state.params
   return res, snaps, schedule
 
 
@@ -425,7 +430,6 @@ def test_resume_skips_finished_runs(smoke, tmp_path, monkeypatch):
     raise AssertionError("a finished run was redone")
 
   monkeypatch.setattr(djtrain, "train", boom)
-  monkeypatch.setattr(cs, "run_pruning_phase", boom)
   monkeypatch.setattr(an, "clusterability", boom)
   results = cs.run(config, work)
   assert len(results["records"]) == 4
@@ -444,7 +448,6 @@ def test_resume_skips_finished_runs(smoke, tmp_path, monkeypatch):
     old = json.load(f)
   os.unlink(path)
   monkeypatch.setattr(djtrain, "train", boom)
-  monkeypatch.setattr(cs, "run_pruning_phase", boom)
   cs.run(config, work)
   with open(path) as f:
     new = json.load(f)

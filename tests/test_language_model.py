@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import dropjax
-from dropjax import lm
+from dropjax import train as lm
 from dropjax.models import lstm
 from dropjax.train import make_optimizer
 from experiments import language_model as exp
@@ -54,7 +54,7 @@ def test_evaluate_lm_is_the_mean_ce_of_the_streams_read_in_order():
   apply, init, _, model, _, _, stream = toy_setup()
   params = init(jax.random.key(1))
   es = lm.make_eval_set(stream, 2, 3)
-  got = lm.evaluate_lm(apply, params, es, model.initial_carry)
+  got = lm.evaluate_stream(apply, params, es, model.initial_carry)
   # Direct: each row read in one piece from zeros.
   from dropjax.data import text
   rows = text.batchify(stream, 2)
@@ -83,11 +83,15 @@ def train_toy(tmp, steps=6, seeds=(0, 1), callback=None, objective=None,
               init=None, apply=None, **kw):
   apply0, init0, model, x, y, stream, obj0, opt = toy()
   apply = apply or apply0
-  return lm.train_lm(apply, objective or obj0, opt,
-                     init or init0, model.initial_carry, x, y, steps=steps,
-                     seeds=seeds, chunk_size=2,
-                     curve_set=lm.make_eval_set(stream, 2, 3),
-                     run_dir=tmp, progress=False, callback=callback, **kw)
+  return lm.train(apply, objective or obj0, opt, init or init0,
+                  lm.bptt_stream(x, y, model.initial_carry), steps=steps,
+                  seeds=seeds, chunk_size=2,
+                  eval_data=lm.StreamEvaluator(
+                      apply, {"curve": lm.make_eval_set(stream, 2, 3)},
+                      model.initial_carry),
+                  keep_best=("curve", "loss"), on_nan="drop_seed",
+                  run_dir=tmp, progress=False, callback=callback,
+                  **{"devices": 1, **kw})
 
 
 def test_train_lm_reproducible_resumable_and_seeds_independent(tmp_path):
@@ -135,9 +139,9 @@ def test_carry_is_reset_at_each_epoch_and_carried_within_it():
     loss = dropjax.losses.mean_loss("softmax_cross_entropy", logits, targets)
     return loss, {"data_loss": loss, "model_aux": new}
 
-  lm.train_lm(apply, objective, make_optimizer("adam", 1e-2), init,
-              model.initial_carry, x, y, steps=4, seeds=(0,), chunk_size=4,
-              progress=False)
+  lm.train(apply, objective, make_optimizer("adam", 1e-2), init,
+           lm.bptt_stream(x, y, model.initial_carry), steps=4, seeds=(0,),
+           chunk_size=4, progress=False, devices=1)
   assert len(seen) == 4
   assert np.all(seen[0] == 0) and np.all(seen[2] == 0)    # epoch starts
   assert np.any(seen[1] != 0) and np.any(seen[3] != 0)    # carried
@@ -174,9 +178,10 @@ def test_nan_seed_is_reported_and_the_other_seed_continues(tmp_path, capsys):
   assert f["step"] == 0
   assert f"seed {bad}" in f["message"] and "step 0" in f["message"]
   assert "'run'" in f["message"]
-  assert "non-finite" in capsys.readouterr().out
+  assert "non-finite" in capsys.readouterr().err
   saved = json.load(open(tmp_path / lm.FAILURE_FILE))
-  assert saved[str(bad)]["step"] == 0
+  assert saved["failures"][str(bad)] == 0
+  assert saved["policy"] == "drop_seed"
   j = res.seeds.index(good)
   assert res.history[-1]["step"] == 6
   assert math.isfinite(res.history[-1]["eval"]["curve"]["bpc"][j])
@@ -228,7 +233,7 @@ def test_smoke_experiment_end_to_end_and_resume(tmp_path, monkeypatch):
   def no_training(*a, **k):
     raise AssertionError("a finished run was trained again")
 
-  monkeypatch.setattr(exp.djlm, "train_lm", no_training)
+  monkeypatch.setattr(exp.djtrain, "train", no_training)
   logs = []
   again = exp.run_experiment(config, workdir, log=logs.append)
   assert again["records"] == res["records"]

@@ -393,3 +393,223 @@ def test_write_json_atomic(tmp_path, monkeypatch):
   monkeypatch.undo()
   assert json.loads(path.read_text())["a"] == [0, 1, 2]
   assert sorted(os.listdir(path.parent)) == ["result.json"]
+
+
+# ------------------------------------------------- engine options: NaN policy
+
+
+def _poisoned_init(s):
+  """The two seeds' stacked parameters with seed 1's output bias NaN."""
+  p = jax.tree.map(lambda a: a, s.params2)
+  p["output"]["bias"] = p["output"]["bias"].at[1, 0].set(jnp.nan)
+  return p
+
+
+def test_drop_seed_records_the_failed_seed_and_the_other_goes_on(
+    setup, base, tmp_path, capsys):
+  d = str(tmp_path)
+  res = run(setup, d, init=_poisoned_init(setup), on_nan="drop_seed")
+  assert set(res.failures) == {1}
+  f = res.failures[1]
+  assert f["step"] == 0 and not np.isfinite(f["metrics"]["loss"])
+  assert "'dropout'" in f["message"] and "seed 1" in f["message"]
+  assert "step 0" in f["message"]
+  assert "seed 1: non-finite" in capsys.readouterr().err
+  with open(os.path.join(d, train.FAILURE_FILE)) as fh:
+    saved = json.load(fh)
+  assert saved["failures"] == {"1": 0} and saved["policy"] == "drop_seed"
+  # The run went to the end; seed 0 is untouched by seed 1's failure, and
+  # seed 1's metrics are NaN from then on.
+  assert res.history[-1]["step"] == COMMON["steps"]
+  np.testing.assert_array_equal(
+      np.asarray(res.state.params["output"]["kernel"][0]),
+      np.asarray(base.state.params["output"]["kernel"][0]))
+  last = res.history[-1]
+  assert np.isfinite(last["eval"]["val"]["loss"][0])
+  assert np.isnan(last["eval"]["val"]["loss"][1])
+  assert np.isnan(last["train"]["loss"][1])
+
+
+def test_unknown_nan_policy_is_refused(setup):
+  with pytest.raises(ValueError, match="on_nan.*raise, drop_seed"):
+    run(setup, None, on_nan="ignore")
+
+
+# --------------------------------------------------- best-validation params
+
+
+def test_keep_best_keeps_each_seeds_best_evaluation(setup, tmp_path):
+  d = str(tmp_path)
+  res = run(setup, d, keep_best=("val", "loss"), checkpoint_every=1)
+  for j, s in enumerate(res.seeds):
+    losses = {r["step"]: r["eval"]["val"]["loss"][j] for r in res.history}
+    step = min(losses, key=losses.get)
+    assert res.best_step[s] == step
+    assert res.best_value[s] == pytest.approx(losses[step])
+    best_one = jax.tree.map(lambda a: a[j], res.best_params)
+    ev = train.evaluate(setup.apply, best_one, setup.xv, setup.yv,
+                        batch_size=64)
+    np.testing.assert_allclose(float(ev["loss"]), losses[step], rtol=1e-5)
+  # Accuracy is maximised.
+  acc = run(setup, None, keep_best=train.Best("val", "accuracy"))
+  for j, s in enumerate(acc.seeds):
+    accs = {r["step"]: r["eval"]["val"]["accuracy"][j] for r in acc.history}
+    assert accs[acc.best_step[s]] == max(accs.values())
+  # Resumed after a kill, the best parameters are those of the whole run.
+
+  def kill(info):
+    if info["chunk"] == 2:
+      raise _Killed
+
+  d2 = str(tmp_path / "killed")
+  with pytest.raises(_Killed):
+    run(setup, d2, keep_best=("val", "loss"), callback=kill)
+  again = run(setup, d2, keep_best=("val", "loss"))
+  assert again.resumed_from == 20 and again.best_step == res.best_step
+  _assert_trees(again.best_params, res.best_params)
+
+
+def test_keep_best_needs_evaluation(setup):
+  with pytest.raises(ValueError, match="keep_best needs evaluation"):
+    train.train(setup.apply, setup.obj, setup.opt, setup.params2,
+                (setup.x, setup.y), steps=10, batch_size=32, seeds=(0, 1),
+                chunk_size=10, keep_best=("val", "loss"), devices=1,
+                progress=False)
+
+
+# ------------------------------------------------------------------ hooks
+
+
+def test_hook_runs_inside_the_scan_before_each_update(setup):
+  """A hook that zeroes the output bias at even steps: after a chunk the
+  bias equals one optimizer update from zero (odd last step) or zero."""
+  seen = []
+
+  def hook(state, t):
+    jax.debug.callback(lambda v: seen.append(int(v)), t)
+    p = state.params
+    bias = jnp.where(t % 2 == 0, jnp.zeros_like(p["output"]["bias"]),
+                     p["output"]["bias"])
+    return state._replace(params={**p, "output": {**p["output"],
+                                                  "bias": bias}})
+
+  sgd = train.make_optimizer("sgd", 0.0, momentum=0.0)  # lr 0: no updates
+  res = train.train(setup.apply, setup.obj, sgd, setup.params2,
+                    (setup.x, setup.y), steps=6, batch_size=32, seeds=(0, 1),
+                    chunk_size=3, hook=hook, devices=1, progress=False)
+  assert seen == [0, 1, 2, 3, 4, 5]  # t is not batched over the seeds
+  np.testing.assert_array_equal(np.asarray(res.state.params["output"]["bias"]),
+                                0.0)
+  np.testing.assert_array_equal(
+      np.asarray(res.state.params["output"]["kernel"]),
+      np.asarray(setup.params2["output"]["kernel"]))
+
+
+# ------------------------------------------------------------- writers
+
+
+def test_tensorboard_writer_gets_every_record(setup, tmp_path):
+  pytest.importorskip("tensorboardX")
+  d = str(tmp_path)
+  res = run(setup, d, tensorboard=True)
+  tb = os.path.join(d, train.TENSORBOARD_DIR)
+  events = [f for f in os.listdir(tb) if "tfevents" in f]
+  assert events
+  # The event file holds one scalar per (record, metric, seed).
+  from tensorboardX.proto import event_pb2
+  import struct
+  tags = set()
+  with open(os.path.join(tb, events[0]), "rb") as f:
+    data = f.read()
+  pos = 0
+  while pos < len(data):
+    (length,) = struct.unpack("<Q", data[pos:pos + 8])
+    ev = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+    pos += 12 + length + 4
+    for v in ev.summary.value:
+      tags.add((v.tag, ev.step))
+  for r in res.history:
+    for name, ev in r["eval"].items():
+      for metric in ev:
+        for s in res.seeds:
+          assert (f"{name}/{metric}/seed_{s}", r["step"]) in tags
+
+
+def test_metric_writers_receive_records(setup):
+  class Recorder:
+    def __init__(self):
+      self.started, self.records, self.closed = None, [], False
+
+    def start(self, resume_step):
+      self.started = resume_step
+
+    def write(self, record):
+      self.records.append(record)
+
+    def close(self):
+      self.closed = True
+
+  w = Recorder()
+  res = run(setup, None, writers=[w])
+  assert w.started == 0 and w.closed and w.records == res.history
+
+
+# ------------------------------------------------------------------ cache
+
+
+def test_compile_cache_is_bounded_and_clearable(setup):
+  from dropjax.train import cache
+  calls = []
+
+  @cache.cached
+  def factory(i):
+    calls.append(i)
+    return i
+
+  for i in range(cache.MAX_ENTRIES + 5):
+    factory(i)
+  assert factory.cache_info().currsize == cache.MAX_ENTRIES
+  factory(cache.MAX_ENTRIES + 4)  # recent: cached
+  factory(0)                      # evicted: rebuilt
+  assert calls.count(cache.MAX_ENTRIES + 4) == 1 and calls.count(0) == 2
+  factory([1])                    # unhashable: built, not cached
+  train.clear_compile_cache()
+  assert factory.cache_info().currsize == 0
+
+
+# ------------------------------------------- truncated BPTT on the engine
+
+
+def _lm_toy(b=4):
+  from dropjax.data import text
+  from dropjax.models import lstm
+  apply, _, spec, model = lstm.make_lm(5, embed_dim=3, hidden_size=4)
+  init = lstm.make_lm_init(5, embed_dim=3, hidden_size=4)
+  stream = np.random.default_rng(0).integers(0, 5, size=b * 13).astype(
+      np.int32)
+  x, y = text.bptt_batches(text.batchify(stream, b), 4)
+  obj = objectives.dropout(apply, rates=spec.rates,
+                           broadcast_axes=spec.broadcast_axes, has_aux=True)
+  ev = train.StreamEvaluator(apply, {"curve": train.make_eval_set(stream, 2, 3)},
+                             model.initial_carry)
+  return apply, init, model, x, y, obj, ev
+
+
+def test_bptt_stream_sharded_equals_unsharded():
+  """The LM on 4 (fake CPU) devices, streams sharded, == on 1 device (same
+  tolerance and reason as for the MLP above)."""
+  assert jax.device_count() >= 4
+  apply, init, model, x, y, obj, ev = _lm_toy()
+  opt = train.make_optimizer("adam", 1e-2, clip_norm=1.0)
+  runs = [train.train(apply, obj, opt, init,
+                      train.bptt_stream(x, y, model.initial_carry), steps=6,
+                      seeds=(0, 1), chunk_size=3, eval_data=ev,
+                      devices=n, progress=False) for n in (1, 4)]
+  _assert_trees(runs[1].state, runs[0].state, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(runs[1].history[-1]["eval"]["curve"]["bpc"],
+                             runs[0].history[-1]["eval"]["curve"]["bpc"],
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match="streams .* divisible"):
+    train.train(apply, obj, opt, init,
+                train.bptt_stream(x[:, :3], y[:, :3], model.initial_carry),
+                steps=2, chunk_size=1, devices=4, progress=False)

@@ -7,14 +7,20 @@ The pieces, from the inside out:
 * :func:`make_train_step` -- one pure update
   ``step(state, batch, key) -> (state, metrics)`` for any dropjax objective
   ``(params, batch, key) -> (loss, aux)``.
-* :func:`train` -- the loop: the whole data set on device; per-epoch
-  permutations drawn inside ``jit`` from explicit keys; one ``jit`` call per
-  *chunk* of steps (a ``lax.scan``); ``S`` seeds trained at once through
-  ``vmap``; data-parallel over the devices with ``NamedSharding``;
-  evaluation, JSONL metrics, orbax checkpoints and a tqdm progress bar
-  between chunks; exact resumption; a clear error on a non-finite loss.
-* :func:`evaluate`, :func:`write_json_atomic`, :func:`read_jsonl` -- helpers
-  the experiments share.
+* :func:`train` -- the engine: the whole data set on device; a batch
+  source (:mod:`dropjax.train.sources`: random minibatches with per-epoch
+  permutations drawn inside ``jit``, or truncated-BPTT token streams with a
+  carried recurrent state); one ``jit`` call per *chunk* of steps (a
+  ``lax.scan``) with an optional per-step state ``hook`` inside it (gradual
+  pruning, schedules); ``S`` seeds trained at once through ``vmap``;
+  data-parallel over the devices with ``NamedSharding``; between chunks,
+  evaluation (:mod:`dropjax.train.evaluation`), metric writers (JSONL,
+  TensorBoard: :mod:`dropjax.train.writers`), best-validation parameters,
+  orbax checkpoints (:mod:`dropjax.train.checkpoint`) and a tqdm progress
+  bar; exact resumption; one NaN policy (``raise`` or ``drop_seed``); one
+  bounded cache of compiled programs (:mod:`dropjax.train.cache`).
+* :func:`evaluate`, :func:`evaluate_stream`, :func:`write_json_atomic`,
+  :func:`read_jsonl` -- helpers the experiments share.
 
 Every random number is a function of ``(seed, step)``: with
 ``k = jax.random.key(seed)``, the initial parameters are
@@ -47,35 +53,59 @@ analytic replacement):
 (2, 32, 2)
 """
 
+from dropjax.train.cache import clear as clear_compile_cache
+from dropjax.train.checkpoint import Checkpoints
+from dropjax.train.evaluation import ClassifierEvaluator
+from dropjax.train.evaluation import EvalSet
+from dropjax.train.evaluation import StreamEvaluator
+from dropjax.train.evaluation import bits_per_token
 from dropjax.train.evaluation import evaluate
+from dropjax.train.evaluation import evaluate_stream
+from dropjax.train.evaluation import make_eval_set
 from dropjax.train.files import read_jsonl
 from dropjax.train.files import write_json_atomic
+from dropjax.train.loop import Best
 from dropjax.train.loop import CHECKPOINT_DIR
 from dropjax.train.loop import DATA_AXIS
 from dropjax.train.loop import DATA_TAG
 from dropjax.train.loop import FAILURE_FILE
 from dropjax.train.loop import INIT_TAG
 from dropjax.train.loop import METRICS_FILE
+from dropjax.train.loop import NAN_POLICIES
 from dropjax.train.loop import NonFiniteLossError
 from dropjax.train.loop import STEP_TAG
 from dropjax.train.loop import SUMMARY_FILE
+from dropjax.train.loop import TENSORBOARD_DIR
 from dropjax.train.loop import TrainResult
-from dropjax.train.loop import clear_compile_cache
+from dropjax.train.loop import data_keys
 from dropjax.train.loop import init_seeds
 from dropjax.train.loop import make_mesh
 from dropjax.train.loop import seed_keys
 from dropjax.train.loop import train
 from dropjax.train.optim import kernel_mask
 from dropjax.train.optim import make_optimizer
+from dropjax.train.sources import BPTTStream
+from dropjax.train.sources import RandomBatches
+from dropjax.train.sources import Source
+from dropjax.train.sources import bptt_stream
+from dropjax.train.sources import random_batches
 from dropjax.train.step import TrainState
 from dropjax.train.step import init_state
 from dropjax.train.step import make_train_step
+from dropjax.train.writers import JsonlWriter
+from dropjax.train.writers import MetricWriter
+from dropjax.train.writers import TensorBoardWriter
 
 __all__ = [
-    "CHECKPOINT_DIR", "DATA_AXIS", "DATA_TAG", "FAILURE_FILE", "INIT_TAG",
-    "METRICS_FILE", "NonFiniteLossError", "STEP_TAG", "SUMMARY_FILE",
-    "TrainResult", "TrainState", "clear_compile_cache", "evaluate",
-    "init_seeds", "init_state", "kernel_mask", "make_mesh", "make_optimizer",
-    "make_train_step", "read_jsonl", "seed_keys", "train",
+    "BPTTStream", "Best", "CHECKPOINT_DIR", "Checkpoints",
+    "ClassifierEvaluator", "DATA_AXIS", "DATA_TAG", "EvalSet",
+    "FAILURE_FILE", "INIT_TAG", "JsonlWriter", "METRICS_FILE",
+    "MetricWriter", "NAN_POLICIES", "NonFiniteLossError", "RandomBatches",
+    "STEP_TAG", "SUMMARY_FILE", "Source", "StreamEvaluator",
+    "TENSORBOARD_DIR", "TensorBoardWriter", "TrainResult", "TrainState",
+    "bits_per_token", "bptt_stream", "clear_compile_cache", "data_keys",
+    "evaluate", "evaluate_stream", "init_seeds", "init_state",
+    "kernel_mask", "make_eval_set", "make_mesh", "make_optimizer",
+    "make_train_step", "random_batches", "read_jsonl", "seed_keys", "train",
     "write_json_atomic",
 ]

@@ -69,6 +69,20 @@ def make_train_step(objective: Objective,
   >>> int(state.step), sorted(metrics)
   (1, ['data_loss', 'explicit', 'grad_norm', 'implicit', 'loss', 'penalty'])
   """
+  step = make_train_step_with_aux(objective, optimizer)
+
+  def step_without_aux(state: TrainState, batch: Batch, key: Array):
+    state, metrics, _ = step(state, batch, key)
+    return state, metrics
+
+  return step_without_aux
+
+
+def make_train_step_with_aux(objective: Objective,
+                             optimizer: optax.GradientTransformation):
+  """:func:`make_train_step` that also returns the objective's
+  ``aux.get("model_aux")`` (e.g. a recurrent model's new carry, ``None``
+  when absent): ``step(state, batch, key) -> (state, metrics, model_aux)``."""
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
   def step(state: TrainState, batch: Batch, key: Array):
@@ -81,6 +95,7 @@ def make_train_step(objective: Objective,
       if k != "model_aux" and jnp.ndim(v) == 0:
         metrics[k] = v
     metrics["grad_norm"] = optax.tree.norm(grads)
-    return TrainState(params, opt_state, state.step + 1), metrics
+    return (TrainState(params, opt_state, state.step + 1), metrics,
+            aux.get("model_aux"))
 
   return step
