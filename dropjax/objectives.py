@@ -488,3 +488,134 @@ def make_objective(regimen: str, apply: _sites.Apply, **kwargs) -> Objective:
     raise ValueError(f"unknown regimen {regimen!r}; valid: "
                      f"{', '.join(REGIMENS)}.")
   return REGIMENS[regimen](apply, **kwargs)
+
+
+# ------------------------------------------------------- configs -> objectives
+
+# Per regimen: (keyword argument, config keys read in order, required).
+_RATE_REGIMENS = ("dropout", "dropout_k", "dropout_k_fix_noise",
+                  "dropout_k_implicit", "explicit", "implicit",
+                  "explicit_implicit")
+_DROPOUT_FAMILY = ("dropout", "dropout_k", "dropout_k_fix_noise",
+                   "dropout_k_implicit")
+_CONFIG_KEYS: dict[str, tuple[tuple[str, tuple[str, ...], bool], ...]] = {
+    "none": (),
+    "dropout": (("noise", ("noise",), False),),
+    "dropout_k": (("k", ("k",), True), ("noise", ("noise",), False)),
+    "dropout_k_fix_noise": (("k", ("k",), True),
+                            ("noise", ("noise",), False)),
+    "dropout_k_implicit": (("k", ("k",), True),
+                           ("implicit_scale", ("dropout_k_implicit_scale",),
+                            False),
+                           ("noise", ("noise",), False)),
+    "explicit": (("estimator", ("estimator",), False),
+                 ("scale", ("explicit_scale",), False)),
+    "implicit": (("scale", ("implicit_scale",), False),),
+    "explicit_implicit": (("estimator", ("estimator",), False),
+                          ("explicit_scale", ("explicit_scale",), False),
+                          ("implicit_scale", ("implicit_scale",), False)),
+    "targeted_weight": (("gamma", ("gamma",), True),
+                        ("alpha", ("alpha",), True)),
+    "targeted_unit": (("gamma", ("gamma",), True),
+                      ("alpha", ("alpha",), True)),
+    "l1": (("coef", ("l1", "coef"), True),),
+    "l2": (("coef", ("l2", "coef"), True),),
+}
+
+
+def _config_value(config, key):
+  if config is None:
+    return None
+  try:
+    return config[key] if key in config else None
+  except (KeyError, TypeError):
+    return None
+
+
+def from_config(regimen: str, apply: _sites.Apply, config=None, *,
+                rates: _sites.Rates | None = None,
+                broadcast_axes: Mapping[str, Sequence[int]] | None = None,
+                has_aux: bool = False, **overrides) -> Objective:
+  """The objective of a regimen, its options read from a flat config.
+
+  One mapping from the experiments' config vocabulary to each regimen's
+  keyword arguments, so that no experiment writes its own:
+
+  ========================  ============================================
+  regimen                   config keys read (``*``: required)
+  ========================  ============================================
+  none                      --
+  dropout                   ``noise``
+  dropout_k, ..._fix_noise  ``k*``, ``noise``
+  dropout_k_implicit        ``k*``, ``dropout_k_implicit_scale`` (``None``:
+                            ``1 - 1/k``), ``noise``
+  explicit                  ``estimator``, ``explicit_scale``
+  implicit                  ``implicit_scale``
+  explicit_implicit         ``estimator``, ``explicit_scale``,
+                            ``implicit_scale``
+  targeted_weight / _unit   ``gamma*``, ``alpha*``
+  l1 / l2                   ``l1*`` / ``l2*`` (or ``coef``)
+  ========================  ============================================
+
+  plus ``loss`` for every regimen. Keys the regimen does not read are
+  ignored (a config holds many other settings); a key that is absent or
+  ``None`` leaves the regimen's default.
+
+  Args:
+    regimen: one of :data:`REGIMENS`.
+    apply: the model.
+    config: a mapping or ``ml_collections.ConfigDict`` (or ``None``).
+    rates: drop rates ``q`` (a float or ``{site: q}``), needed by the
+      dropout-like and analytic regimens.
+    broadcast_axes: ``{site: axes}`` shared-mask axes (locked dropout),
+      passed to the dropout family only.
+    has_aux: see :func:`none`.
+    **overrides: values that take precedence over the config, by config
+      key (e.g. ``k=8`` when the regimen name carries ``k``).
+
+  Returns:
+    ``objective(params, batch, key) -> (loss, aux)``.
+
+  Raises:
+    ValueError: an unknown regimen (the valid ones are listed), a required
+      key missing (named), or ``rates`` missing for a regimen that needs
+      them.
+
+  Example:
+
+  >>> apply = lambda p, x, sites: sites("h", x @ p["w"])
+  >>> obj = from_config("explicit_implicit", apply,
+  ...                   {"explicit_scale": 0.5, "learning_rate": 1e-3},
+  ...                   rates=0.5)
+  >>> from_config("l1", apply, {"l2": 1e-4})
+  Traceback (most recent call last):
+  ...
+  ValueError: regimen 'l1' needs the config key 'l1' (or 'coef').
+  """
+  if regimen not in REGIMENS:
+    raise ValueError(f"unknown regimen {regimen!r}; valid: "
+                     f"{', '.join(REGIMENS)}.")
+  kwargs: dict[str, Any] = {"has_aux": has_aux}
+  if regimen in _RATE_REGIMENS:
+    if rates is None:
+      raise ValueError(f"regimen {regimen!r} needs drop rates (rates=).")
+    kwargs["rates"] = rates
+  if regimen in _DROPOUT_FAMILY and broadcast_axes is not None:
+    kwargs["broadcast_axes"] = broadcast_axes
+
+  def lookup(key):
+    if key in overrides:
+      return overrides[key]
+    return _config_value(config, key)
+
+  for kwarg, keys, required in _CONFIG_KEYS[regimen] + (
+      ("loss", ("loss",), False),):
+    value = next((v for v in map(lookup, keys) if v is not None), None)
+    if value is None:
+      if required:
+        alt = "".join(f" (or {k!r})" for k in keys[1:])
+        raise ValueError(f"regimen {regimen!r} needs the config key "
+                         f"{keys[0]!r}{alt}.")
+      continue
+    kwargs[kwarg] = value
+  return REGIMENS[regimen](apply, **kwargs)

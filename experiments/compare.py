@@ -49,30 +49,6 @@ _CONFIG = config_flags.DEFINE_config_file(
 RESULTS_FILE = "results.json"
 
 
-def regimen_kwargs(regimen: str, config, rates: dict) -> dict:
-  """Keyword arguments of ``dropjax.make_objective`` for one regimen."""
-  k = int(config.k)
-  table = {
-      "none": {},
-      "dropout": {"rates": rates},
-      "dropout_k": {"rates": rates, "k": k},
-      "dropout_k_fix_noise": {"rates": rates, "k": k},
-      "dropout_k_implicit": {"rates": rates, "k": k},
-      "explicit": {"rates": rates, "estimator": config.estimator,
-                   "scale": config.explicit_scale},
-      "implicit": {"rates": rates, "scale": config.implicit_scale},
-      "explicit_implicit": {"rates": rates, "estimator": config.estimator,
-                            "explicit_scale": config.explicit_scale,
-                            "implicit_scale": config.implicit_scale},
-      "l1": {"coef": config.l2},
-      "l2": {"coef": config.l2},
-  }
-  if regimen not in table:
-    raise ValueError(f"regimen {regimen!r} is not supported by this "
-                     f"experiment; valid: {', '.join(table)}.")
-  return table[regimen]
-
-
 def load_setting(config, setting: str) -> djdata.ImageDataset:
   sc = config[setting]
   return djdata.load_dataset(
@@ -136,8 +112,9 @@ def run(config, workdir: str) -> dict:
 
   # One objective per regimen, shared by the settings: the trainer caches its
   # compiled chunk on the objective, so equal-sized settings compile once.
-  objectives = {r: dropjax.make_objective(
-      r, apply, **regimen_kwargs(r, config, rates)) for r in config.regimens}
+  objectives = {r: dropjax.objectives.from_config(r, apply, config,
+                                                 rates=rates)
+                for r in config.regimens}
 
   for setting in config.settings:
     if setting not in config:

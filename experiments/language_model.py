@@ -140,28 +140,12 @@ def parse_regimens(spec: str | Sequence[str]) -> list[Regimen]:
 
 
 def make_objective(reg: Regimen, apply, spec, config):
-  """The dropjax objective of a regimen (``has_aux=True``: carries state)."""
-  rates = dict(spec.rates)
-  axes = dict(spec.broadcast_axes)
-  if reg.objective == "none":
-    kw = {}
-  elif reg.objective in ("dropout", "dropout_k", "dropout_k_fix_noise"):
-    kw = {"rates": rates, "broadcast_axes": axes}
-    if reg.objective != "dropout":
-      kw["k"] = reg.k
-  elif reg.objective == "dropout_k_implicit":
-    kw = {"rates": rates, "broadcast_axes": axes, "k": reg.k,
-          "implicit_scale": config.dropout_k_implicit_scale}
-  elif reg.objective == "explicit":
-    kw = {"rates": rates, "estimator": config.estimator,
-          "scale": config.explicit_scale}
-  elif reg.objective == "implicit":
-    kw = {"rates": rates, "scale": config.implicit_scale}
-  else:  # explicit_implicit
-    kw = {"rates": rates, "estimator": config.estimator,
-          "explicit_scale": config.explicit_scale,
-          "implicit_scale": config.implicit_scale}
-  return djobj.make_objective(reg.objective, apply, has_aux=True, **kw)
+  """The dropjax objective of a regimen (``has_aux=True``: carries state;
+  locked masks at the dropout family's sites, as ``spec`` says)."""
+  return djobj.from_config(reg.objective, apply, config,
+                           rates=dict(spec.rates),
+                           broadcast_axes=dict(spec.broadcast_axes),
+                           has_aux=True, k=reg.k)
 
 
 # ---------------------------------------------------------------- config/data
