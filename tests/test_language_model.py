@@ -50,7 +50,7 @@ def toy_setup(vocab=5, b=3, t=4, chunks=3, seed=0):
   return apply, init, spec, model, x, y, stream
 
 
-def test_evaluate_lm_is_the_mean_ce_of_the_streams_read_in_order():
+def test_evaluate_stream_is_the_mean_ce_of_the_streams_read_in_order():
   apply, init, _, model, _, _, stream = toy_setup()
   params = init(jax.random.key(1))
   es = lm.make_eval_set(stream, 2, 3)
@@ -70,7 +70,7 @@ def test_evaluate_lm_is_the_mean_ce_of_the_streams_read_in_order():
 @functools.lru_cache(maxsize=None)
 def toy():
   """One toy model, objective and optimizer shared by the tests below (so
-  ``train_lm`` compiles them once)."""
+  the engine compiles them once)."""
   apply, init, spec, model, x, y, stream = toy_setup()
   obj = dropjax.objectives.dropout(apply, rates=spec.rates,
                                    broadcast_axes=spec.broadcast_axes,
@@ -94,7 +94,7 @@ def train_toy(tmp, steps=6, seeds=(0, 1), callback=None, objective=None,
                   **{"devices": 1, **kw})
 
 
-def test_train_lm_reproducible_resumable_and_seeds_independent(tmp_path):
+def test_bptt_training_reproducible_resumable_and_seeds_independent(tmp_path):
   a = train_toy(str(tmp_path / "a"))
   b = train_toy(None)
   jax.tree.map(np.testing.assert_array_equal, a.state.params, b.state.params)
