@@ -14,6 +14,7 @@ from dropjax import implicit
 from dropjax import losses
 from dropjax import objectives
 from dropjax import sites
+from dropjax import tree
 from dropjax.dropout import check_rate
 from dropjax.dropout import dropout
 from dropjax.dropout import dropout_mask
@@ -47,5 +48,5 @@ __all__ = [
     "make_objective", "objectives", "perturbation_sites", "resolve_rates",
     "site_shapes", "sites", "targeted_unit_candidates",
     "targeted_unit_dropout", "targeted_weight_candidates",
-    "targeted_weight_dropout",
+    "targeted_weight_dropout", "tree",
 ]

@@ -28,6 +28,7 @@ from dropjax.analysis.pruning import (
     kernel_list,
     layerwise_magnitude_masks,
     magnitude_prune,
+    path_string,
     polynomial_sparsity,
     prune_count,
     prune_curve,
@@ -50,7 +51,7 @@ __all__ = [
     "dead_unit_fraction", "epsilon_sparsity", "exact_sparsity", "gini_index",
     "hoyer_sparsity", "is_kernel", "is_mask_update_step", "kernel_list",
     "layerwise_magnitude_masks", "magnitude_prune", "ncut",
-    "polynomial_sparsity", "prune_count", "prune_curve",
+    "path_string", "polynomial_sparsity", "prune_count", "prune_curve",
     "remove_isolated_nodes", "shuffle_weights", "sparsity_report",
     "spectral_cluster", "symmetric_quantize", "weight_graph",
 ]

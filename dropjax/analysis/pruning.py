@@ -47,6 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dropjax.tree import is_kernel
+from dropjax.tree import path_string
+
 Array = jax.Array
 Params = Any
 Exclude = Union[Sequence[int], int, Callable[[str, Any], bool]]
@@ -70,14 +73,8 @@ def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def is_kernel(leaf) -> bool:
-  """True for a leaf that counts as a layer kernel (an array with ndim >= 2)."""
-  return getattr(leaf, "ndim", 0) >= 2
-
-
-def path_string(path) -> str:
-  """Joins a ``jax.tree_util`` key path with ``/`` (e.g. ``"l1/kernel"``)."""
-  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+# ``is_kernel`` and ``path_string`` live in :mod:`dropjax.tree` and are
+# re-exported here (and from ``dropjax.analysis``) under their old names.
 
 
 @dataclasses.dataclass(frozen=True)
