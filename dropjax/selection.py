@@ -77,11 +77,12 @@ def kth_smallest(a, k, axis: int = 0, keepdims: bool = True) -> Array:
   after ``+inf`` as ``jnp.sort`` does. (Where the backend flushes subnormals
   to zero, as XLA:CPU does, ``jnp.sort`` treats them as ties of ``0.0`` and
   may return ``0.0`` where this returns a subnormal or vice versa; the two
-  compare equal there, so thresholds give the same masks.) Out of range, ``a`` counts as padded
-  with its dtype's extremes: ``k >= n`` gives ``+inf`` (the largest value of
-  an integer dtype, ``True`` for bool) and ``k < 0`` gives ``-inf`` (the
-  smallest value, ``False``), so ``a >= kth_smallest(a, k)`` keeps the
-  ``n - k`` largest entries (and their ties) for every ``0 <= k <= n``.
+  compare equal there, so thresholds give the same masks.) Out of range,
+  ``a`` counts as padded with its dtype's extremes: ``k >= n`` gives ``+inf``
+  (the largest value of an integer dtype, ``True`` for bool) and ``k < 0``
+  gives ``-inf`` (the smallest value, ``False``), so ``a >=
+  kth_smallest(a, k)`` keeps the ``n - k`` largest entries (and their ties)
+  for every ``0 <= k <= n``.
 
   Floats are found by bisection on their bit pattern (see the module
   docstring): 32 count passes for float32, float16 and bfloat16 (computed in

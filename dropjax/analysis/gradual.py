@@ -74,9 +74,8 @@ class PruningSchedule:
   ``p`` the elapsed fraction (:func:`dropjax.analysis.polynomial_sparsity`),
   and the masks are recomputed at ``begin_step + i * frequency`` up to
   ``end_step`` (:func:`dropjax.analysis.is_mask_update_step`); TF-MOT's
-  ``PolynomialDecay`` in
-  ``tensorflow_model_optimization/python/core/sparsity/keras/pruning_schedule.py``.
-  Both methods are traceable in the step.
+  ``PolynomialDecay`` in ``pruning_schedule.py`` (see the module docstring
+  for the path). Both methods are traceable in the step.
 
   Attributes:
     end_step: last step of the schedule (the sparsity reaches ``final``).
@@ -101,7 +100,7 @@ class PruningSchedule:
   begin_step: int = 0
 
   def sparsity(self, step) -> Array:
-    """Target sparsity at ``step`` (:func:`dropjax.analysis.polynomial_sparsity`).
+    """Target sparsity at ``step`` (``polynomial_sparsity``).
 
     Args:
       step: int or (traced) integer scalar.
