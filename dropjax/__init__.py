@@ -13,7 +13,9 @@ from dropjax import flax
 from dropjax import implicit
 from dropjax import losses
 from dropjax import objectives
+from dropjax import selection
 from dropjax import sites
+from dropjax import tree
 from dropjax.dropout import check_rate
 from dropjax.dropout import dropout
 from dropjax.dropout import dropout_mask
@@ -28,6 +30,7 @@ from dropjax.implicit import implicit_regularizer
 from dropjax.losses import LOSSES
 from dropjax.objectives import REGIMENS
 from dropjax.objectives import make_objective
+from dropjax.selection import kth_smallest
 from dropjax.sites import Apply
 from dropjax.sites import Sites
 from dropjax.sites import dropout_sites
@@ -43,9 +46,9 @@ __all__ = [
     "Apply", "ESTIMATORS", "LOSSES", "REGIMENS", "Sites", "check_rate",
     "dropout", "dropout_mask", "dropout_sites", "explicit",
     "explicit_regularizer", "flax", "gaussian_dropout", "identity_sites",
-    "implicit", "implicit_regularizer", "linearize_sites", "losses",
-    "make_objective", "objectives", "perturbation_sites", "resolve_rates",
-    "site_shapes", "sites", "targeted_unit_candidates",
-    "targeted_unit_dropout", "targeted_weight_candidates",
-    "targeted_weight_dropout",
+    "implicit", "implicit_regularizer", "kth_smallest", "linearize_sites",
+    "losses", "make_objective", "objectives", "perturbation_sites",
+    "resolve_rates", "selection", "site_shapes", "sites",
+    "targeted_unit_candidates", "targeted_unit_dropout",
+    "targeted_weight_candidates", "targeted_weight_dropout", "tree",
 ]

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dropjax.selection import kth_smallest
+
 Array = jax.Array
 
 
@@ -180,13 +182,12 @@ def _lowest_fraction(scores: Array, gamma, axis: int) -> Array:
   Matches ``for-ai/TD``: ``idx = floor(gamma * n)``; the threshold is the
   ``idx``-th smallest score (0-based) along ``axis``; candidates are the
   entries with score ``< threshold``. ``gamma = 1`` makes every entry a
-  candidate.
+  candidate. The threshold comes from :func:`dropjax.selection.kth_smallest`
+  (the value ``jnp.sort`` would give, without the sort).
   """
   n = scores.shape[axis]
-  srt = jnp.sort(scores, axis=axis)
   idx = jnp.floor(jnp.asarray(gamma, jnp.float32) * n).astype(jnp.int32)
-  thr = jnp.take(srt, jnp.clip(idx, 0, n - 1), axis=axis)
-  thr = jnp.expand_dims(thr, axis)
+  thr = kth_smallest(scores, jnp.clip(idx, 0, n - 1), axis=axis)
   thr = jnp.where(idx >= n, jnp.inf, thr)
   return scores < thr
 

@@ -44,6 +44,7 @@ from dropjax import explicit as _explicit
 from dropjax import implicit as _implicit
 from dropjax import losses as _losses
 from dropjax import sites as _sites
+from dropjax import tree as _tree
 
 Array = jax.Array
 Objective = Callable[[Any, tuple, Array], tuple[Array, dict]]
@@ -316,23 +317,18 @@ def explicit_implicit(apply: _sites.Apply, *, rates: _sites.Rates,
 # ------------------------------------------------------- weight-level regimens
 
 
-def path_str(path) -> str:
-  """``"a/b/0/kernel"`` for a ``tree_flatten_with_path`` key path."""
-  parts = []
-  for p in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(p, attr):
-        parts.append(str(getattr(p, attr)))
-        break
-    else:
-      parts.append(str(p))
-  return "/".join(parts)
+# ``"a/b/0/kernel"`` for a ``tree_flatten_with_path`` key path (the one
+# definition is :func:`dropjax.tree.path_string`; this is its old name here).
+path_str = _tree.path_string
 
 
 def kernels(path: str, leaf: Array) -> bool:
-  """Default leaf filter for penalties: every kernel (rank >= 2), no biases."""
+  """Default leaf filter for penalties: every kernel (rank >= 2), no biases.
+
+  The ``(path, leaf)`` filter form of :func:`dropjax.tree.is_kernel`.
+  """
   del path
-  return getattr(leaf, "ndim", 0) >= 2
+  return _tree.is_kernel(leaf)
 
 
 def hidden_kernels(params) -> LeafFilter:
@@ -343,7 +339,7 @@ def hidden_kernels(params) -> LeafFilter:
   """
   leaves = [(path_str(p), l) for p, l in
             jax.tree_util.tree_flatten_with_path(params)[0]
-            if getattr(l, "ndim", 0) >= 2]
+            if _tree.is_kernel(l)]
   last = leaves[-1][0] if leaves else None
   return lambda path, leaf: kernels(path, leaf) and path != last
 

@@ -41,20 +41,20 @@ becomes NaN/inf stops with a message naming the condition, seed, phase and
 step; its record says so and the other runs go on.
 
 Both phases checkpoint and resume (``runs/<condition>/phase{1,2}_seeds_*``).
+Phase 2's pieces (schedule, masked optimizer, re-masking hook) are the
+library's :mod:`dropjax.analysis.gradual`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import json
-import math
 import os
 import sys
 import time
 import zlib
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,12 +63,16 @@ import optax
 
 from dropjax import analysis as an
 from dropjax import data as djdata
-from dropjax import losses as djlosses
 from dropjax import models
 from dropjax import objectives
-from dropjax import sites as djsites
 from dropjax import train as djtrain
+from dropjax.analysis.gradual import PruningSchedule
+from dropjax.analysis.gradual import last_update_step
+from dropjax.analysis.gradual import masked_optimizer
+from dropjax.analysis.gradual import pruning_hook
 from dropjax.train import evaluation as djeval
+from dropjax.tree import load_params
+from dropjax.tree import save_params
 
 Array = jax.Array
 
@@ -79,6 +83,8 @@ LOSS = "softmax_cross_entropy"
 
 # Config keys that may change between sessions of one study without
 # invalidating finished runs (they do not change any number).
+# ``fast_thresholds`` is retired (the library's thresholds are the fast ones
+# now); it stays here so that work dirs whose config.json has it resume.
 VOLATILE_KEYS = ("seeds", "conditions", "condition_specs", "cluster.n_jobs",
                  "progress", "retry_failed", "checkpoint_every", "chunk_size",
                  "eval_batch_size", "fast_thresholds")
@@ -95,134 +101,6 @@ def _log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Fast, exact order statistics (bisection on the float bit pattern).
-# ---------------------------------------------------------------------------
-
-
-@functools.partial(jax.jit, static_argnames=("axis",))
-def kth_smallest(a: Array, k, axis: int = 0) -> Array:
-  """The ``k``-th smallest (0-based) entry of a non-negative array along an axis.
-
-  Non-negative IEEE floats order like their bit patterns read as int32, so
-  a 32-step bisection over int32 thresholds, each step counting
-  ``bits <= mid`` along ``axis``, finds the exact order statistic: the same
-  value as ``jnp.sort(a, axis)[k]``, in about a tenth of the time of XLA's CPU
-  sort for a 784x256 kernel. NaNs are not supported (they count as larger
-  than ``inf``).
-
-  Args:
-    a: non-negative float array (cast to float32).
-    k: int or traced int scalar, ``0 <= k < a.shape[axis]``.
-    axis: the axis to reduce.
-
-  Returns:
-    float32 array with ``a``'s shape and ``axis`` kept with size 1.
-
-  Example:
-    >>> import numpy as np
-    >>> a = np.array([[3., 0.5], [1., 2.], [0., 7.]])
-    >>> np.asarray(kth_smallest(a, 1, axis=0)).tolist()
-    [[1.0, 2.0]]
-  """
-  a = jnp.asarray(a, jnp.float32)
-  bits = jax.lax.bitcast_convert_type(a, jnp.int32)
-  shape = list(a.shape)
-  shape[axis] = 1
-  lo = jnp.full(shape, -1, jnp.int32)           # count(bits <= lo) <= k
-  hi = jnp.full(shape, 0x7F800000, jnp.int32)   # +inf: count = n > k
-  need = jnp.asarray(k, jnp.int32) + 1
-
-  def body(_, lohi):
-    lo, hi = lohi
-    mid = lo + (hi - lo) // 2
-    enough = jnp.sum(bits <= mid, axis=axis, keepdims=True,
-                     dtype=jnp.int32) >= need
-    return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
-
-  _, hi = jax.lax.fori_loop(0, 32, body, (lo, hi))
-  return jax.lax.bitcast_convert_type(hi, jnp.float32)
-
-
-def fast_layerwise_masks(params, sparsity, *, exclude=()):
-  """:func:`dropjax.analysis.layerwise_magnitude_masks` via :func:`kth_smallest`.
-
-  Same rule (TF-MOT's ``_update_mask``): per kernel of size ``n`` keep
-  ``k = max(1, round(n * (1 - s)))`` entries (float32, half-to-even), i.e.
-  every entry with ``|w| >=`` the ``k``-th largest ``|w|``. Identical output
-  (tested); ``sparsity`` may be traced.
-  """
-  with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
-  leaves = [leaf for _, leaf in with_path]
-  kpos = [i for i, leaf in enumerate(leaves) if an.is_kernel(leaf)]
-  excluded = set()
-  if callable(exclude):
-    excluded = {i for i in kpos
-                if exclude(an.pruning.path_string(with_path[i][0]), leaves[i])}
-  else:
-    for j in (exclude if not isinstance(exclude, int) else (exclude,)):
-      excluded.add(kpos[j])
-  s = jnp.asarray(sparsity, jnp.float32)
-  out: list = [None] * len(leaves)
-  for i in kpos:
-    w = leaves[i]
-    if i in excluded:
-      out[i] = jnp.ones(w.shape, bool)
-      continue
-    a = jnp.abs(jnp.asarray(w).astype(jnp.float32))
-    n = a.size
-    keep = jnp.maximum(jnp.round(jnp.float32(n) * (1.0 - s)),
-                       1.0).astype(jnp.int32)
-    t = kth_smallest(a.reshape(-1), n - keep, axis=0)[0]
-    out[i] = a >= t
-  return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def fast_targeted_weight_dropout(key: Array, w: Array, *, gamma,
-                                 alpha) -> Array:
-  """:func:`dropjax.targeted_weight_dropout` with a bisection threshold.
-
-  Per column of the ``(fan_in, n_out)`` view, the candidates are the entries
-  with ``|w|`` strictly below the ``floor(gamma * fan_in)``-th smallest
-  (0-based; every entry when that index reaches ``fan_in``); each is zeroed
-  with probability ``alpha``, the Bernoulli draw being exactly the library's
-  (``jax.random.bernoulli(key, alpha, w.shape)``), so the output is
-  identical. No rescaling.
-  """
-  cols = jax.lax.stop_gradient(
-      jnp.abs(w.reshape(-1, w.shape[-1]).astype(jnp.float32)))
-  n = cols.shape[0]
-  idx = jnp.floor(jnp.asarray(gamma, jnp.float32) * n).astype(jnp.int32)
-  thr = kth_smallest(cols, jnp.clip(idx, 0, n - 1), axis=0)
-  thr = jnp.where(idx >= n, jnp.inf, thr)
-  cand = (cols < thr).reshape(w.shape)
-  drop = cand & jax.random.bernoulli(key, jnp.asarray(alpha, jnp.float32),
-                                     w.shape)
-  return jnp.where(drop, jnp.zeros((), w.dtype), w)
-
-
-def fast_targeted_weight(apply, *, gamma, alpha, where=None,
-                         loss: str = LOSS):
-  """:func:`dropjax.objectives.targeted_weight` using
-  :func:`fast_targeted_weight_dropout` (same keys, same result)."""
-  djlosses.check_loss(loss)
-
-  def objective(params, batch, key):
-    x, y = batch
-    sel = where if where is not None else objectives.hidden_kernels(params)
-    thinned = objectives.map_selected(
-        lambda w, i: fast_targeted_weight_dropout(
-            jax.random.fold_in(key, i), w, gamma=gamma, alpha=alpha),
-        params, sel)
-    out = apply(thinned, x, djsites.identity_sites)
-    data = djlosses.mean_loss(loss, out, y)
-    z = jnp.zeros((), jnp.result_type(data))
-    return data, {"data_loss": data, "explicit": z, "implicit": z,
-                  "penalty": z}
-
-  return objective
-
-
-# ---------------------------------------------------------------------------
 # Conditions.
 # ---------------------------------------------------------------------------
 
@@ -231,8 +109,7 @@ _RATE_REGIMENS = ("dropout", "explicit", "implicit", "explicit_implicit",
 
 
 def make_condition_objective(spec: Mapping[str, Any], apply,
-                             site_names: Sequence[str], *,
-                             fast: bool = True):
+                             site_names: Sequence[str]):
   """The training objective of one condition.
 
   Args:
@@ -241,7 +118,6 @@ def make_condition_objective(spec: Mapping[str, Any], apply,
       regimens) is applied at every site in ``site_names``.
     apply: the model.
     site_names: the model's dropout sites (the hidden layers).
-    fast: use :func:`fast_targeted_weight` for ``targeted_weight``.
 
   Returns:
     ``objective(params, batch, key) -> (loss, aux)``.
@@ -256,8 +132,6 @@ def make_condition_objective(spec: Mapping[str, Any], apply,
       raise ValueError(f"regimen {regimen!r} needs a 'rate'.")
     rate = float(kw.pop("rate"))
     kw["rates"] = {s: rate for s in site_names}
-  if regimen == "targeted_weight" and fast:
-    return fast_targeted_weight(apply, **kw)
   return objectives.make_objective(regimen, apply, **kw)
 
 
@@ -284,110 +158,6 @@ def condition_label(name: str, spec: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class PruningSchedule:
-  """TF-MOT's polynomial-decay pruning schedule (Zhu & Gupta 2017).
-
-  Attributes:
-    end_step: last step of the schedule (the sparsity reaches ``final``).
-    initial: sparsity at ``begin_step``.
-    final: sparsity at ``end_step`` and after.
-    power: exponent of the decay (3: cubic).
-    frequency: masks are recomputed at ``begin_step + i * frequency``.
-    begin_step: first step of the schedule.
-  """
-  end_step: int
-  initial: float = 0.5
-  final: float = 0.9
-  power: float = 3.0
-  frequency: int = 10
-  begin_step: int = 0
-
-  def sparsity(self, step):
-    """Target sparsity at ``step`` (:func:`dropjax.analysis.polynomial_sparsity`)."""
-    return an.polynomial_sparsity(step, initial=self.initial,
-                                  final=self.final,
-                                  begin_step=self.begin_step,
-                                  end_step=self.end_step, power=self.power)
-
-  def is_update(self, step):
-    """Whether masks are recomputed before ``step``'s update."""
-    return an.is_mask_update_step(step, begin_step=self.begin_step,
-                                  end_step=self.end_step,
-                                  frequency=self.frequency)
-
-
-def last_update_step(steps: int, frequency: int, begin_step: int = 0) -> int:
-  """The last mask-update step within ``steps`` updates (``0 .. steps-1``).
-
-  Used as the schedule's ``end_step`` so that the final sparsity is reached
-  exactly, at the last update of the phase (TF-MOT with Filan et al.'s
-  ``end_step = steps`` never runs that update; the target there is reached
-  up to ~1e-9).
-
-  Raises:
-    ValueError: if no update after ``begin_step`` fits in ``steps``.
-  """
-  end = begin_step + frequency * ((steps - 1 - begin_step) // frequency)
-  if end <= begin_step:
-    raise ValueError(
-        f"a pruning phase of {steps} steps with mask updates every "
-        f"{frequency} steps has no update after step {begin_step}; use more "
-        "steps or a smaller frequency.")
-  return end
-
-
-class MaskedOptState(NamedTuple):
-  """State of :func:`masked_optimizer`: the inner state and the masks."""
-  inner: Any
-  masks: Any
-
-
-def masked_optimizer(inner: optax.GradientTransformation
-                     ) -> optax.GradientTransformation:
-  """Wraps an optimizer so that masked kernel entries stay exactly zero.
-
-  The state carries a masks tree (bool at every kernel, ``True`` = kept;
-  ``None`` elsewhere; all ``True`` after ``init``). ``update`` runs the inner
-  optimizer and replaces the update of every masked entry by ``-param``, so
-  ``params + updates`` is exactly 0 there (TF-MOT re-applies its masks after
-  every step to the same effect). The masks are set from outside
-  (:func:`pruning_hook`).
-  """
-
-  def init(params):
-    masks = jax.tree.map(
-        lambda p: jnp.ones(jnp.shape(p), bool) if jnp.ndim(p) >= 2 else None,
-        params)
-    return MaskedOptState(inner.init(params), masks)
-
-  def update(updates, state, params=None):
-    upd, inner_state = inner.update(updates, state.inner, params)
-    upd = jax.tree.map(
-        lambda m, u, p: u if m is None else jnp.where(m, u, -p),
-        state.masks, upd, params, is_leaf=lambda x: x is None)
-    return upd, MaskedOptState(inner_state, state.masks)
-
-  return optax.GradientTransformation(init, update)
-
-
-def pruning_hook(schedule: PruningSchedule, mask_fn: Callable | None = None):
-  """``hook(state, t) -> state``: at mask-update steps, recompute the masks of
-  one seed's parameters at the scheduled sparsity and apply them."""
-  mask_fn = mask_fn or an.layerwise_magnitude_masks
-
-  def remask(state, t):
-    masks = mask_fn(state.params, schedule.sparsity(t))
-    return state._replace(params=an.apply_masks(state.params, masks),
-                          opt_state=state.opt_state._replace(masks=masks))
-
-  def hook(state, t):
-    return jax.lax.cond(schedule.is_update(t), remask,
-                        lambda st, _: st, state, t)
-
-  return hook
-
-
 def _chunk_times(marks) -> list[dict]:
   """Per chunk ``{"steps", "seconds", "cpu_seconds"}`` from callback marks
   ``(wall, cpu, step)`` (the first chunk includes compilation)."""
@@ -398,43 +168,6 @@ def _chunk_times(marks) -> list[dict]:
 # ---------------------------------------------------------------------------
 # Files.
 # ---------------------------------------------------------------------------
-
-
-def _flatten_params(params) -> dict[str, np.ndarray]:
-  flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    flat[an.pruning.path_string(path)] = np.asarray(leaf)
-  return flat
-
-
-def _unflatten_params(flat: Mapping[str, np.ndarray]) -> dict:
-  out: dict = {}
-  for key, value in flat.items():
-    node = out
-    parts = key.split("/")
-    for p in parts[:-1]:
-      node = node.setdefault(p, {})
-    node[parts[-1]] = jnp.asarray(value)
-  return out
-
-
-def save_params(path: str, params) -> None:
-  """Saves one net's parameters (a nested dict) as ``.npz``, atomically."""
-  buf = io.BytesIO()
-  np.savez(buf, **_flatten_params(params))
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(buf.getvalue())
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def load_params(path: str) -> dict:
-  """Loads parameters saved by :func:`save_params`."""
-  with np.load(path) as z:
-    return _unflatten_params({k: z[k] for k in z.files})
 
 
 def _json_safe(obj):
@@ -725,8 +458,7 @@ class Study:
         final=float(cfg.pruning.final_sparsity),
         power=float(cfg.pruning.power),
         frequency=int(cfg.pruning.frequency))
-    self.mask_fn = (fast_layerwise_masks if cfg.fast_thresholds
-                    else an.layerwise_magnitude_masks)
+    self.mask_fn = an.layerwise_magnitude_masks
     _log(f"data: {len(ds.train)} train / {len(ds.test)} test; "
          f"{self.steps1} + {self.steps2} steps per run; pruning to "
          f"{self.schedule.final} at step {end}.")
@@ -799,8 +531,7 @@ class Study:
       _log(f"{cond}: all seeds finished earlier, skipped.")
       return
     objective = make_condition_objective(self.specs[cond], self.apply,
-                                         self.site_names,
-                                         fast=bool(cfg.fast_thresholds))
+                                         self.site_names)
 
     # Phase 1: ordinary training (the engine, seeds vmapped; a seed whose
     # loss becomes non-finite is recorded as failed, the others go on).

@@ -1,10 +1,11 @@
 """Tests of the compressibility study (experiments/compressibility*.py).
 
-* the fast order statistics equal the library's sort-based results bit for
-  bit (gradual-pruning masks, targeted weight dropout and its objective);
-* gradual pruning reaches the scheduled sparsity exactly, per layer, and
-  pruned weights stay zero while training goes on; a seed whose loss turns
-  NaN stops alone;
+* every default condition builds an objective;
+* gradual pruning (phase 2) reaches the scheduled sparsity exactly, per
+  layer, and pruned weights stay zero while training goes on; a seed whose
+  loss turns NaN stops alone (the library pieces themselves:
+  tests/test_gradual.py; the thresholds against sort:
+  tests/test_selection.py);
 * the verdict rules on synthetic records (so each verdict can fail);
 * the smoke study end to end on real Fashion-MNIST: results.json fields,
   report.md, plots, resume, and a failing condition next to finished ones.
@@ -23,7 +24,6 @@ from dropjax import analysis as an
 from dropjax import models
 from dropjax import objectives
 from dropjax import train as djtrain
-import dropjax
 from experiments import compressibility as cs
 from experiments import compressibility_report as rep
 from experiments.configs import compressibility as default_config
@@ -31,78 +31,8 @@ from experiments.configs import compressibility_smoke
 
 
 # ---------------------------------------------------------------------------
-# Fast order statistics == the library's.
+# Conditions.
 # ---------------------------------------------------------------------------
-
-
-def _tied_array(rng, shape):
-  """Magnitudes with exact zeros and many ties (the hard cases)."""
-  a = rng.normal(size=shape).astype(np.float32)
-  a[rng.random(shape) < 0.2] = 0.0
-  a[rng.random(shape) < 0.2] = 0.5
-  a[rng.random(shape) < 0.05] = -0.5
-  return a
-
-
-def test_kth_smallest_matches_sort():
-  rng = np.random.default_rng(0)
-  a = np.abs(_tied_array(rng, (37, 5)))
-  srt = np.sort(a, axis=0)
-  for k in (0, 1, 7, 18, 36):
-    got = np.asarray(cs.kth_smallest(a, k, axis=0))
-    np.testing.assert_array_equal(got[0], srt[k])
-  flat = a.ravel()
-  for k in (0, 100, flat.size - 1):
-    assert float(cs.kth_smallest(flat, k)[0]) == np.sort(flat)[k]
-  # Traced k inside jit.
-  f = jax.jit(lambda x, k: cs.kth_smallest(x, k, axis=0))
-  np.testing.assert_array_equal(np.asarray(f(a, 18))[0], srt[18])
-
-
-def test_fast_layerwise_masks_match_library():
-  rng = np.random.default_rng(1)
-  params = {"hidden_0": {"kernel": _tied_array(rng, (50, 16)),
-                         "bias": rng.normal(size=16).astype(np.float32)},
-            "output": {"kernel": _tied_array(rng, (16, 3)),
-                       "bias": np.zeros(3, np.float32)}}
-  jf = jax.jit(cs.fast_layerwise_masks)
-  for s in (0.0, 0.5, 0.73, 0.9, 0.99, 1.0):
-    ref = an.layerwise_magnitude_masks(params, s)
-    for got in (cs.fast_layerwise_masks(params, s), jf(params, s)):
-      assert got["hidden_0"]["bias"] is None
-      for layer in ("hidden_0", "output"):
-        np.testing.assert_array_equal(np.asarray(got[layer]["kernel"]),
-                                      np.asarray(ref[layer]["kernel"]))
-  ref = an.layerwise_magnitude_masks(params, 0.8, exclude=(0,))
-  got = cs.fast_layerwise_masks(params, 0.8, exclude=(0,))
-  assert bool(np.all(got["hidden_0"]["kernel"]))
-  np.testing.assert_array_equal(np.asarray(got["output"]["kernel"]),
-                                np.asarray(ref["output"]["kernel"]))
-
-
-def test_fast_targeted_weight_matches_library():
-  rng = np.random.default_rng(2)
-  w = jnp.asarray(_tied_array(rng, (30, 7)))
-  fast_fn = jax.jit(cs.fast_targeted_weight_dropout)
-  ref_fn = jax.jit(dropjax.targeted_weight_dropout)
-  for gamma, alpha in ((0.75, 0.66), (0.5, 1.0), (1.0, 0.5), (0.0, 0.5)):
-    for i in range(3):
-      key = jax.random.key(i)
-      np.testing.assert_array_equal(
-          np.asarray(fast_fn(key, w, gamma=gamma, alpha=alpha)),
-          np.asarray(ref_fn(key, w, gamma=gamma, alpha=alpha)))
-  apply, params, _ = models.make_model("mlp", key=0,
-                                       layer_sizes=(12, 9, 9, 3))
-  x = jnp.asarray(rng.normal(size=(16, 12)).astype(np.float32))
-  y = jnp.asarray(rng.integers(0, 3, 16).astype(np.int32))
-  fast = cs.fast_targeted_weight(apply, gamma=0.75, alpha=0.66)
-  ref = objectives.targeted_weight(apply, gamma=0.75, alpha=0.66)
-  # Same key, same thinned weights, same loss (hence the same gradient).
-  for i in range(2):
-    key = jax.random.key(5 + i)
-    lf, _ = jax.jit(fast)(params, (x, y), key)
-    lr, _ = jax.jit(ref)(params, (x, y), key)
-    assert float(lf) == float(lr)
 
 
 def test_every_default_condition_builds_an_objective():
@@ -140,13 +70,14 @@ def pruning_run():
   # Seed 2 is poisoned: its loss is NaN from the first step.
   params = jax.tree.map(lambda a: a, params)
   params["output"]["bias"] = params["output"]["bias"].at[2, 0].set(jnp.nan)
-  schedule = cs.PruningSchedule(end_step=_END, frequency=_FREQ)
+  schedule = an.PruningSchedule(end_step=_END, frequency=_FREQ)
   snaps = []
   res = djtrain.train(
       apply, objectives.none(apply),
-      cs.masked_optimizer(djtrain.make_optimizer("adam", 1e-2)), params,
+      an.masked_optimizer(djtrain.make_optimizer("adam", 1e-2)), params,
       (x, y), seeds=(0, 1, 2), steps=_STEPS, batch_size=32,
-      chunk_size=_CHUNK, hook=cs.pruning_hook(schedule, cs.fast_layerwise_masks),
+      chunk_size=_CHUNK,
+      hook=an.pruning_hook(schedule, an.layerwise_magnitude_masks),
       on_nan="drop_seed", devices=1, progress=False,
       callback=lambda info: snaps.append(
           {"step": info["step"],
@@ -207,14 +138,6 @@ def test_pruned_weights_stay_zero_after_further_updates(pruning_run):
       np.testing.assert_array_equal(a == 0, b == 0)  # ...the same zeros,
       changed += np.count_nonzero(a != b)
     assert changed > 0  # while the kept weights went on training
-
-
-def test_last_update_step():
-  assert cs.last_update_step(9360, 10) == 9350
-  assert cs.last_update_step(15, 5) == 10
-  assert cs.last_update_step(21, 10) == 20
-  with pytest.raises(ValueError):
-    cs.last_update_step(5, 10)
 
 
 # ---------------------------------------------------------------------------

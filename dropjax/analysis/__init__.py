@@ -1,7 +1,10 @@
 """Measurements on trained parameters: pruning, sparsity, clusterability.
 
-Nothing in this package trains. Kernels are the parameter leaves with
-``ndim >= 2``, viewed as ``(fan_in, n_out)``, in pytree flatten order; see
+Nothing in this package trains, except that :mod:`dropjax.analysis.gradual`
+provides the pieces a training loop needs for gradual magnitude pruning (a
+schedule, a masked optimizer and a per-step mask hook). Kernels are the
+parameter leaves with ``ndim >= 2`` (:func:`dropjax.tree.is_kernel`), viewed
+as ``(fan_in, n_out)``, in pytree flatten order; see
 :mod:`dropjax.analysis.pruning` for the shared conventions and
 ``docs/analysis.md`` for the definitions and protocols.
 """
@@ -17,6 +20,13 @@ from dropjax.analysis.clusterability import (
     spectral_cluster,
     weight_graph,
 )
+from dropjax.analysis.gradual import (
+    MaskedOptState,
+    PruningSchedule,
+    last_update_step,
+    masked_optimizer,
+    pruning_hook,
+)
 from dropjax.analysis.pruning import (
     DEFAULT_EXCLUDE,
     DEFAULT_FRACTIONS,
@@ -28,6 +38,7 @@ from dropjax.analysis.pruning import (
     kernel_list,
     layerwise_magnitude_masks,
     magnitude_prune,
+    path_string,
     polynomial_sparsity,
     prune_count,
     prune_curve,
@@ -45,12 +56,14 @@ from dropjax.analysis.sparsity import (
 
 __all__ = [
     "ClusterabilityResult", "DEFAULT_EXCLUDE", "DEFAULT_FRACTIONS",
-    "GRANULARITIES", "PruneCurve", "SHUFFLE_METHODS", "apply_masks",
-    "as_weight_list", "clusterability", "compressed_bits_per_weight",
-    "dead_unit_fraction", "epsilon_sparsity", "exact_sparsity", "gini_index",
-    "hoyer_sparsity", "is_kernel", "is_mask_update_step", "kernel_list",
-    "layerwise_magnitude_masks", "magnitude_prune", "ncut",
-    "polynomial_sparsity", "prune_count", "prune_curve",
-    "remove_isolated_nodes", "shuffle_weights", "sparsity_report",
-    "spectral_cluster", "symmetric_quantize", "weight_graph",
+    "GRANULARITIES", "MaskedOptState", "PruneCurve", "PruningSchedule",
+    "SHUFFLE_METHODS", "apply_masks", "as_weight_list", "clusterability",
+    "compressed_bits_per_weight", "dead_unit_fraction", "epsilon_sparsity",
+    "exact_sparsity", "gini_index", "hoyer_sparsity", "is_kernel",
+    "is_mask_update_step", "kernel_list", "last_update_step",
+    "layerwise_magnitude_masks", "magnitude_prune", "masked_optimizer",
+    "ncut", "path_string", "polynomial_sparsity", "prune_count",
+    "prune_curve", "pruning_hook", "remove_isolated_nodes",
+    "shuffle_weights", "sparsity_report", "spectral_cluster",
+    "symmetric_quantize", "weight_graph",
 ]

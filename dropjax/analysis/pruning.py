@@ -47,6 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dropjax.selection import kth_smallest
+from dropjax.tree import is_kernel
+from dropjax.tree import path_string
+
 Array = jax.Array
 Params = Any
 Exclude = Union[Sequence[int], int, Callable[[str, Any], bool]]
@@ -70,14 +74,8 @@ def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def is_kernel(leaf) -> bool:
-  """True for a leaf that counts as a layer kernel (an array with ndim >= 2)."""
-  return getattr(leaf, "ndim", 0) >= 2
-
-
-def path_string(path) -> str:
-  """Joins a ``jax.tree_util`` key path with ``/`` (e.g. ``"l1/kernel"``)."""
-  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+# ``is_kernel`` and ``path_string`` live in :mod:`dropjax.tree` and are
+# re-exported here (and from ``dropjax.analysis``) under their old names.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,15 +204,6 @@ def prune_count(fraction, n: int):
   return jnp.clip(k, 0, n)
 
 
-def _kth_smallest_or_inf(values: Array, k, axis: int) -> Array:
-  """The ``k``-th smallest (0-based) along ``axis``; ``+inf`` if ``k == n``."""
-  s = jnp.sort(values, axis=axis)
-  pad_shape = list(s.shape)
-  pad_shape[axis] = 1
-  s = jnp.concatenate([s, jnp.full(pad_shape, jnp.inf, s.dtype)], axis=axis)
-  return jax.lax.dynamic_index_in_dim(s, k, axis=axis, keepdims=True)
-
-
 def _abs_float(w: Array) -> Array:
   w = jnp.asarray(w)
   dtype = jnp.promote_types(w.dtype, jnp.float32)
@@ -225,7 +214,7 @@ def _weight_keep(w: Array, fraction) -> Array:
   """Per-column mask: keep ``|w| >= `` the ``floor(f*fan_in)``-th smallest."""
   a = _abs_float(_as_matrix(w))
   k = prune_count(fraction, a.shape[0])
-  t = _kth_smallest_or_inf(a, k, axis=0)  # (1, n_out)
+  t = kth_smallest(a, k, axis=0)  # (1, n_out); +inf when k == fan_in
   return (a >= t).reshape(w.shape)
 
 
@@ -250,7 +239,7 @@ def _global_keep(ws: Sequence[Array], fraction) -> list[Array]:
   dtype = jnp.result_type(*absw)
   flat = jnp.concatenate([a.astype(dtype).ravel() for a in absw])
   k = prune_count(fraction, flat.shape[0])
-  t = _kth_smallest_or_inf(flat, k, axis=0)[0]
+  t = kth_smallest(flat, k, axis=0)[0]
   return [a.astype(dtype) >= t for a in absw]
 
 
@@ -601,8 +590,7 @@ def _layer_keep_tfmot(w: Array, sparsity) -> Array:
   n = a.size
   s = jnp.asarray(sparsity, jnp.float32)
   k = jnp.maximum(jnp.round(jnp.float32(n) * (1.0 - s)), 1.0).astype(jnp.int32)
-  desc = -jnp.sort(-a.ravel())
-  t = jax.lax.dynamic_index_in_dim(desc, k - 1, axis=0, keepdims=False)
+  t = kth_smallest(a.ravel(), n - k, axis=0)[0]  # the k-th largest
   return a >= t
 
 
@@ -621,8 +609,9 @@ def layerwise_magnitude_masks(params: Params, sparsity, *,
   with ``prune_low_magnitude``); combine with :func:`polynomial_sparsity`,
   :func:`is_mask_update_step` and :func:`apply_masks`.
 
-  ``sparsity`` may be traced (the threshold comes from a sort and a dynamic
-  index), so the function can run inside a jitted training step.
+  ``sparsity`` may be traced (the threshold is an order statistic found by
+  :func:`dropjax.selection.kth_smallest`, equal to the sort-based one), so
+  the function can run inside a jitted training step.
 
   Args:
     params: pytree of arrays.

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import jax
-import jax.numpy as jnp
 import optax
 
-
-def kernel_mask(params) -> Any:
-  """``True`` for kernels (leaves of rank >= 2), ``False`` for biases etc."""
-  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+# ``True`` for kernels (leaves of rank >= 2), ``False`` for biases etc.; the
+# one definition lives in :mod:`dropjax.tree`.
+from dropjax.tree import kernel_mask
 
 
 def make_optimizer(name: str = "adam",

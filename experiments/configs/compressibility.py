@@ -98,7 +98,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.chunk_size = 0                  # steps per jit call; 0 = one epoch
   c.checkpoint_every = 5            # phase-1 checkpoint every this many chunks
   c.eval_batch_size = 1000
-  c.fast_thresholds = True          # bisection thresholds (== sort results)
   c.phase2_seed_offset = 1_000_000  # phase 2 draws data order/noise anew
   c.retry_failed = False            # re-run (condition, seed)s that hit NaN
   c.progress = True
