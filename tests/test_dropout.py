@@ -51,14 +51,6 @@ def test_locked_mask_is_constant_along_broadcast_axes():
   np.testing.assert_array_equal(y, y2)
 
 
-def test_dropconnect_on_a_weight_is_one_mask_shared_by_the_batch():
-  w = jnp.ones((5, 4))
-  x = jnp.ones((3, 5))
-  sites = dropjax.dropout_sites(jax.random.key(3), 0.5)
-  out = x @ sites("w", w)
-  assert bool(jnp.all(out == out[0]))             # every example sees one mask
-
-
 def test_rate_zero_is_identity_and_rates_near_one_stay_finite():
   x = jax.random.normal(jax.random.key(4), (1000,))
   np.testing.assert_array_equal(dropjax.dropout(jax.random.key(5), x, 0.0), x)
@@ -76,8 +68,6 @@ def test_bad_rates_raise(bad):
     dropjax.dropout(jax.random.key(0), x, bad)
   with pytest.raises(ValueError, match="drop probability"):
     dropjax.gaussian_dropout(jax.random.key(0), x, bad)
-  with pytest.raises(ValueError, match="drop probability"):
-    dropjax.dropout_sites(jax.random.key(0), {"h": bad})
 
 
 def test_bad_broadcast_axis_raises():
