@@ -1,5 +1,6 @@
 """Objectives: DROPOUT_k noise scaling, fix-noise, API behaviour, bad input."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,8 +100,8 @@ def test_every_objective_jits_and_is_deterministic(name):
   (loss_j, _), g1 = step(PARAMS, key)
   np.testing.assert_allclose(loss_j, loss, rtol=1e-5)
   (_, _), g2 = step(PARAMS, key)                           # same key
-  jax.tree.map(np.testing.assert_array_equal, g1, g2)
-  assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g1))
+  chex.assert_trees_all_equal(g1, g2)
+  chex.assert_tree_all_finite(g1)
 
 
 def test_make_objective_registry_matches_the_functions():
