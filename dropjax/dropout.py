@@ -101,8 +101,8 @@ def dropout(key: Array, x: Array, rate, *,
 
   Each element is kept with probability ``1 - q`` and rescaled by
   ``1 / (1 - q)``, so ``E[dropout(x)] = x`` and the multiplicative noise
-  ``m / (1 - q) = 1 + eps`` has ``Var(eps) = q / (1 - q)`` (Wei et al. 2020,
-  eq. E1 in ``references/wei2020-analytic-dropout.md``).
+  ``m / (1 - q) = 1 + eps`` has ``Var(eps) = q / (1 - q)`` (the noise model
+  of Wei, Kakade & Ma 2020, arXiv:2002.12915).
 
   * ``broadcast_axes`` shares one mask value along the given axes: locked
     (variational) dropout when the axis is time.

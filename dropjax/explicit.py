@@ -1,9 +1,14 @@
 r"""The explicit regularizer of dropout (Wei, Kakade & Ma, ICML 2020).
 
+Wei, Kakade & Ma, "The Implicit and Explicit Regularization Effects of
+Dropout", arXiv:2002.12915: the explicit regularizer, a second-order
+expansion of the expected dropout objective in the dropout noise, reduced to
+its Gauss–Newton part.
+
 Dropout changes the expected training objective. To second order in the
 dropout noise ``eps`` (``Var eps = q / (1 - q)``), with independent masks at
-every element of every site ``v`` (eq. E5'/E6 of
-``references/wei2020-analytic-dropout.md``):
+every element of every site ``v``, keeping the Gauss–Newton part of the
+Hessian:
 
 .. math::
 
@@ -27,7 +32,7 @@ Estimators of ``diag(GN)``:
 
 * ``"sampled_label"`` (default; the paper's ``jreg_sample_logit``): one label
   per position drawn from the model's own predictive distribution; by the
-  Fisher identity ``E[g gᵀ] = J H Jᵀ``, one backward pass of the sampled loss
+  Fisher identity ``E[g gᵀ] = Jᵀ H J``, one backward pass of the sampled loss
   gives an unbiased estimate ``N (∂L̃/∂v)²`` of the diagonal. The sampling is
   not differentiated, so the *expected gradient* is that of ``gauss_newton``
   with the Hessian held constant (``stop_gradient`` on the probabilities).
@@ -66,7 +71,7 @@ def check_estimator(estimator: str) -> str:
 
 
 def taylor_coefficient(rate) -> Array:
-  """``q / (2 (1 - q))``: half the dropout-noise variance (eq. E5)."""
+  """``q / (2 (1 - q))``: half the dropout-noise variance ``q / (1 - q)``."""
   return 0.5 * _sites.noise_variance(rate)
 
 
@@ -167,7 +172,7 @@ def explicit_regularizer(apply: _sites.Apply, params, x, *,
                          y: Array | None = None,
                          scale=1.0,
                          has_aux: bool = False) -> Array:
-  r"""The explicit regularizer ``R_exp`` of dropout (Wei et al. 2020, §3).
+  r"""The explicit regularizer ``R_exp`` of dropout (arXiv:2002.12915).
 
   ``R_exp = scale · Σ_sites q/(2(1-q)) Σ_j v_j² [GN_v(L̄)]_jj`` with ``GN``
   estimated by ``estimator`` (see the module docstring). It is a mean over the

@@ -1,8 +1,12 @@
-r"""The implicit regularizer of dropout: its gradient noise (Wei et al. 2020, §4).
+r"""The implicit regularizer of dropout: its gradient noise.
+
+Wei, Kakade & Ma, "The Implicit and Explicit Regularization Effects of
+Dropout", ICML 2020, arXiv:2002.12915: the implicit regularizer, the
+``taylor_fo`` update of the authors' code (``cwein3/dropout-analytical``).
 
 A dropout gradient is ``∇ E_mask L̄ + ξ`` with zero-mean noise ``ξ``.
-Linearising the loss in the dropout noise ``eps`` at every site element
-(eq. E9–E11 of ``references/wei2020-analytic-dropout.md``):
+Linearising the loss in the dropout noise ``eps`` at every site element,
+keeping ``eps`` fixed while differentiating in ``θ``:
 
 .. math::
 
@@ -21,7 +25,8 @@ has mean exactly 0 over the signs, and its gradient ``∇_θ R_imp`` (through
 both ``A`` and ``v``: second derivatives) is zero-mean noise whose covariance
 is ``scale · q/(1-q) Σ_j a_j a_jᵀ``: at ``scale = 1`` exactly the linearised
 dropout-noise covariance (DROPOUT_1). Added to DROPOUT_k, ``scale = 1 - 1/k``
-restores DROPOUT_1's noise level (by analogy with fix-noise, eq. E3).
+restores DROPOUT_1's noise level (by analogy with the fix-noise update,
+``drop_fix_noise`` in the same code).
 
 **Coefficient mapping.** The LSTM code's ``imp_reg*`` is a covariance scale,
 ``imp_reg = scale · q / (1 - q)``; the Transformer code's ``imp_drop`` is a
@@ -113,7 +118,7 @@ def implicit_regularizer(apply: _sites.Apply, params, x, y, *,
   Rademacher signs ``s`` from ``key``. Its value has mean zero; add it to the
   loss and ``∇_θ R_imp`` is the first-order Taylor approximation of dropout's
   gradient noise, with covariance ``scale`` times that of the linearised
-  dropout noise (eq. E11). ``scale = 1`` matches DROPOUT_1;
+  dropout noise, ``(q/(1-q)) Σ_j a_j a_jᵀ``. ``scale = 1`` matches DROPOUT_1;
   ``scale = 1 - 1/k`` tops DROPOUT_k up to it.
 
   Args:

@@ -2,7 +2,8 @@
 
 Two losses, each with its *sampled-label* form (a label drawn from the
 model's own predictive distribution, whose gradient outer product equals the
-loss Hessian in expectation -- the Fisher identity, Wei et al. 2020, E8):
+loss Hessian in expectation -- the Fisher identity behind the sampled-label
+estimator of Wei, Kakade & Ma 2020, arXiv:2002.12915):
 
 =========================  ===========================  =====================
 loss                        per position                 sampled label
@@ -95,8 +96,8 @@ def hessian_factors(loss: str, outputs: Array) -> Array:
   r"""Factors ``F`` with ``∇²_z ℓ = Σ_c F[..., c, :] F[..., c, :]ᵀ`` per position.
 
   Cross-entropy: ``F_c = sqrt(p_c) (e_c - p)``, so
-  ``Σ_c F_c F_cᵀ = diag(p) - p pᵀ`` (Wei et al. 2020, E8). Squared error:
-  ``F = I``. Shape ``[..., K, K]``.
+  ``Σ_c F_c F_cᵀ = diag(p) - p pᵀ = E_{ŷ~p}[(p - e_ŷ)(p - e_ŷ)ᵀ]``.
+  Squared error: ``F = I``. Shape ``[..., K, K]``.
   """
   check_loss(loss)
   k = outputs.shape[-1]

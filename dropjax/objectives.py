@@ -26,9 +26,10 @@ Swapping dropout for its analytic replacement is one line:
 >>> bool(jnp.isfinite(loss))
 True
 
-References: Wei, Kakade & Ma, ICML 2020 (DROPOUT_k is their Algorithm 1,
-explicit + implicit their Algorithm 2; fix-noise is the ``drop_fix_noise``
-update of their code); Gomez et al. 2019 (targeted dropout).
+References: Wei, Kakade & Ma, ICML 2020, arXiv:2002.12915 (DROPOUT_k is
+their Algorithm 1, explicit + implicit their Algorithm 2; fix-noise is the
+``drop_fix_noise`` update of their code, ``cwein3/dropout-analytical``);
+Gomez et al. 2019, arXiv:1905.13678 (targeted dropout).
 """
 
 from __future__ import annotations
@@ -114,15 +115,17 @@ def dropout_family(apply: _sites.Apply, *, rates: _sites.Rates, k: int = 1,
                    noise: str = "bernoulli",
                    loss: str = "softmax_cross_entropy",
                    has_aux: bool = False) -> Objective:
-  r"""DROPOUT_k and its noise-restoring variants (Wei et al. 2020, Alg. 1).
+  r"""DROPOUT_k and its noise-restoring variants (arXiv:2002.12915, Alg. 1).
 
   The loss is the mean over ``k`` independent dropout masks (``vmap``, not a
-  Python loop), so its gradient is ``g_k = (1/k) Σ_r ∇L̄(η_r)`` (E2): the same
-  mean as DROPOUT_1, with ``1/k`` of its dropout-noise covariance.
+  Python loop), so its gradient is ``g_k = (1/k) Σ_r ∇L̄(η_r)``, the update
+  direction of Algorithm 1: the same mean as DROPOUT_1, with ``1/k`` of its
+  dropout-noise covariance.
 
   * ``fix_noise``: adds ``sqrt(1 - 1/k) (L̄(η') - L̄(η'')) / √2`` from two more
-    masks (E3); its gradient is zero-mean with covariance ``(1 - 1/k) Σ_1``,
-    restoring DROPOUT_1's covariance ``Σ_1``.
+    masks (``drop_fix_noise`` in the authors' code); its gradient is
+    zero-mean with covariance ``(1 - 1/k) Σ_1``, restoring DROPOUT_1's
+    covariance ``Σ_1``.
   * ``implicit``: adds ``R_imp`` at the clean point with
     ``implicit_scale = 1 - 1/k`` by default (``drop_standard+taylor_fo``).
 
@@ -199,7 +202,7 @@ def dropout_k(apply: _sites.Apply, *, rates: _sites.Rates, k: int,
 
 def dropout_k_fix_noise(apply: _sites.Apply, *, rates: _sites.Rates, k: int,
                         **kwargs) -> Objective:
-  """DROPOUT_k + fix-noise: DROPOUT_k's mean, DROPOUT_1's noise (E3)."""
+  """DROPOUT_k + fix-noise: DROPOUT_k's mean, DROPOUT_1's noise."""
   return dropout_family(apply, rates=rates, k=k, fix_noise=True, **kwargs)
 
 

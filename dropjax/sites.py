@@ -228,7 +228,7 @@ def resolve_rates(rates: Rates, site_names: Sequence[str]) -> dict[str, Any]:
 
 
 def noise_variance(rate) -> Array:
-  """``q / (1 - q)``: variance of the multiplicative dropout noise (eq. E1)."""
+  """``q / (1 - q)``: variance of the multiplicative dropout noise."""
   rate = jnp.asarray(rate)
   return rate / (1.0 - rate)
 

@@ -382,7 +382,7 @@ def test_implicit_is_zero_mean_with_dropout_covariance_over_all_signs(x64):
   assert abs(float(jnp.mean(vals))) < 1e-12
   assert float(jnp.max(jnp.abs(jnp.mean(grads, 0)))) < 1e-12
   # Covariance of the gradient noise = Σ_j q_j/(1-q_j) a_j a_jᵀ with
-  # a_j = ∇_θ (v_j ∂L̄/∂v_j): the linearised dropout-noise covariance (E11).
+  # a_j = ∇_θ (v_j ∂L̄/∂v_j): the linearised dropout-noise covariance.
   cov = grads.T @ grads / patterns.shape[0]
 
   def u(p):

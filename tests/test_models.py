@@ -3,6 +3,7 @@ against a hand-written pure-JAX model."""
 
 import math
 
+import chex
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
@@ -49,9 +50,7 @@ def small_mlp():
 
 
 def _close(a, b, rtol=1e-5, atol=1e-6):
-  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol,
-                               atol=atol)
+  chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)
   assert jax.tree.structure(a) == jax.tree.structure(b)
 
 
@@ -74,7 +73,8 @@ def test_mlp_default_architecture_and_names():
   assert np.abs(k).max() <= limit
   np.testing.assert_allclose(k.var(), 2 / 512, rtol=0.05)
   out = apply(params, jnp.zeros((3, 28, 28, 1)), sites_lib.identity_sites)
-  assert out.shape == (3, 10) and out.dtype == jnp.float32
+  chex.assert_shape(out, (3, 10))
+  assert out.dtype == jnp.float32
   shapes = sites_lib.site_shapes(apply, params, jnp.zeros((3, 28, 28, 1)))
   assert list(shapes) == [f"hidden_{i}" for i in range(4)]
   assert all(s.shape == (3, 256) for s in shapes.values())
@@ -173,7 +173,7 @@ def test_adapter_objective_and_gradients_match_pure_jax(regimen, small_mlp):
                                     has_aux=True))(params, batch, key)
   (loss, aux), grads = got
   (loss_r, aux_r), grads_r = want
-  assert np.isfinite(loss)
+  chex.assert_tree_all_finite(loss)
   _close(loss, loss_r)
   _close(aux, aux_r)
   _close(grads, grads_r)

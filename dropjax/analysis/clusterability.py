@@ -3,8 +3,7 @@
 Implements the MLP protocol of Filan, Casper, Hod, Wild, Critch & Russell,
 "Clusterability in neural networks" (arXiv:2103.03386), following its
 official code (``dfilan/clusterability_in_neural_networks``,
-``src/spectral_cluster_model.py``) as summarised in the project note
-``references/targeted-dropout-and-clusterability.md`` §2.1-2.3 and §2.7:
+``src/spectral_cluster_model.py``):
 
 1. **Weight graph** (:func:`weight_graph`): one node per neuron of every
    layer, the inputs and outputs included; an edge between consecutive layers

@@ -8,8 +8,7 @@ take ``params`` measure *all* kernels by default (``exclude=()``).
 Definitions and sources:
   * epsilon- and exact sparsity, compression ratio, quantised-and-compressed
     size: standard measures (Han et al. 2016, "Deep compression"; Molchanov
-    et al. 2017, "Variational dropout sparsifies DNNs"), as collected in the
-    project note ``references/targeted-dropout-and-clusterability.md`` §3.1.
+    et al. 2017, "Variational dropout sparsifies DNNs").
   * Hoyer sparsity: Hoyer, "Non-negative matrix factorization with
     sparseness constraints", JMLR 2004, eq. 1.
   * Gini index: Hurley & Rickard, "Comparing measures of sparsity", IEEE

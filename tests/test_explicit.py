@@ -1,14 +1,17 @@
-"""Exact derivation tests for the explicit and implicit regularizers.
+"""Exact derivation tests for the explicit regularizer (dropjax.explicit).
 
-All in float64. Where the network is small, expectations over dropout masks,
-sampled labels and Rademacher signs are computed by enumerating every
-outcome, so the identities are checked exactly (to ~1e-10), not by sampling.
-Reference: Wei, Kakade & Ma 2020; ``references/wei2020-analytic-dropout.md``
-§5 (tests A–G, K).
+All in float64 (the ``x64`` fixture). Where the network is small,
+expectations over dropout masks and sampled labels are computed by
+enumerating every outcome, so the identities are checked exactly (to
+~1e-10), not by sampling. Reference: Wei, Kakade & Ma, "The Implicit and
+Explicit Regularization Effects of Dropout", arXiv:2002.12915 (the explicit
+regularizer and its sampled-label estimator, ``jreg_sample_logit`` in the
+authors' code).
 """
 
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,41 +19,17 @@ import pytest
 
 import dropjax
 from dropjax import explicit as ex
-from dropjax import implicit as im
 from dropjax import losses as L
 from dropjax import sites as S
 
+from _helpers import all_masks
+from _helpers import clean_loss
+from _helpers import expected_dropout_loss
+from _helpers import hidden_model
+from _helpers import hidden_params
+from _helpers import recurrent_model
 
-@pytest.fixture(autouse=True)
-def x64():
-  with jax.enable_x64(True):
-    yield
-
-
-def all_masks(shape):
-  """Every {0,1} mask of `shape`: array [2**size, *shape] (float64)."""
-  size = int(np.prod(shape))
-  bits = np.array(list(itertools.product([0.0, 1.0], repeat=size)))
-  return jnp.asarray(bits.reshape((-1,) + tuple(shape)))
-
-
-def expected_dropout_loss(apply, params, x, y, site, q, loss):
-  """E_mask[L̄] by enumeration over every mask of one site."""
-  shape = S.site_shapes(apply, params, x)[site].shape
-  masks = all_masks(shape)
-  keep = masks.sum(axis=tuple(range(1, masks.ndim)))
-  size = int(np.prod(shape))
-  probs = (1 - q) ** keep * q ** (size - keep)
-
-  def loss_for(m):
-    sites = lambda n, h: h * m / (1 - q) if n == site else h
-    return L.mean_loss(loss, apply(params, x, sites), y)
-
-  return jnp.sum(probs * jax.vmap(loss_for)(masks)), jnp.sum(probs)
-
-
-def clean_loss(apply, params, x, y, loss):
-  return L.mean_loss(loss, apply(params, x, S.identity_sites), y)
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 # --- 1. linear regression with input dropout: exact ---------------------------
@@ -58,7 +37,7 @@ def clean_loss(apply, params, x, y, loss):
 
 @pytest.mark.parametrize("q", [0.1, 0.4, 0.6])
 def test_linear_regression_input_dropout_is_exact(q):
-  """E_mask[L̄] = L̄ + R_exp exactly (squared loss is quadratic; test A)."""
+  """E_mask[L̄] = L̄ + R_exp exactly (the squared loss is quadratic)."""
   k = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(k[0], (2, 5))          # 2 examples, 5 inputs
   w = jax.random.normal(k[1], (5, 2))          # 2 outputs
@@ -72,7 +51,8 @@ def test_linear_regression_input_dropout_is_exact(q):
   np.testing.assert_allclose(total_p, 1.0, atol=1e-12)
   err = abs(float(expected - (clean_loss(apply, w, x, y, "squared_error") + r)))
   assert err < 1e-10, err
-  # The closed form of §5.1-1: R = q/(2(1-q)) (1/N) Σ_t Σ_j x_tj² ||w_j||².
+  # The closed form for input dropout in linear regression:
+  # R = q/(2(1-q)) (1/N) Σ_t Σ_j x_tj² ||w_j||².
   closed = q / (2 * (1 - q)) * jnp.mean(
       jnp.sum(x**2 * jnp.sum(w**2, axis=1), axis=1))
   np.testing.assert_allclose(r, closed, rtol=1e-12)
@@ -81,24 +61,9 @@ def test_linear_regression_input_dropout_is_exact(q):
 # --- 2. one hidden layer, dropout on h, linear readout: exact -------------------
 
 
-def hidden_model(params, x, sites):
-  h = sites("h", jnp.tanh(x @ params["w1"] + params["b1"]))
-  return h @ params["w2"] + params["b2"]
-
-
-def hidden_params(key, d_in=3, d_h=4, d_out=2, readout_scale=1.0):
-  k = jax.random.split(key, 4)
-  return {
-      "w1": jax.random.normal(k[0], (d_in, d_h)),
-      "b1": 0.1 * jax.random.normal(k[1], (d_h,)),
-      "w2": readout_scale * jax.random.normal(k[2], (d_h, d_out)),
-      "b2": 0.1 * jax.random.normal(k[3], (d_out,)),
-  }
-
-
 @pytest.mark.parametrize("q", [0.2, 0.5])
 def test_hidden_layer_linear_readout_squared_loss_is_exact(q):
-  """§5.1-2: E = ||W2 h - y||² + q/(1-q) Σ_j h_j² ||W2[:, j]||² (exact)."""
+  """E = ||W2 h - y||² + q/(1-q) Σ_j h_j² ||W2[:, j]||² (exact)."""
   p = hidden_params(jax.random.key(1))
   x = jax.random.normal(jax.random.key(2), (3, 3))      # 3 examples: 2^12 masks
   y = jax.random.normal(jax.random.key(3), (3, 2))
@@ -128,7 +93,7 @@ def softmax_gap_ratio(scale, q=0.4):
 
 
 def test_softmax_explicit_regularizer_converges_as_readout_shrinks():
-  """(E_mask[L̄] - L̄) / R_exp -> 1 as the readout shrinks (test C)."""
+  """(E_mask[L̄] - L̄) / R_exp -> 1 as the readout shrinks."""
   ratios = {s: softmax_gap_ratio(s) for s in (1.0, 0.3, 0.1, 0.03)}
   errors = {s: abs(r - 1) for s, r in ratios.items()}
   assert errors[0.03] < 0.01, ratios
@@ -168,23 +133,9 @@ def sampled_expectation(apply, params, x, q, *, grad=False):
       lambda v: jnp.tensordot(probs, v, axes=(0, 0)), vals)
 
 
-def test_fisher_identity_for_cross_entropy():
-  """E_ŷ[(p - e_ŷ)(p - e_ŷ)ᵀ] = diag(p) - ppᵀ = ∇²_z CE (test B)."""
-  z = jax.random.normal(jax.random.key(6), (5,))
-  p = jax.nn.softmax(z)
-  e = jnp.eye(5)
-  outer = jnp.einsum("c,ci,cj->ij", p, p - e, p - e)
-  hess = jax.hessian(lambda z: L.per_position_loss(
-      "softmax_cross_entropy", z[None], jnp.array([2]))[0])(z)
-  np.testing.assert_allclose(outer, jnp.diag(p) - jnp.outer(p, p), atol=1e-12)
-  np.testing.assert_allclose(hess, jnp.diag(p) - jnp.outer(p, p), atol=1e-12)
-  f = L.hessian_factors("softmax_cross_entropy", z[None])[0]
-  np.testing.assert_allclose(f.T @ f, hess, atol=1e-12)
-
-
 @pytest.mark.parametrize("q", [0.3, 0.5])
 def test_sampled_label_estimator_is_unbiased(q):
-  """Σ_ŷ p(ŷ) R_sampled(ŷ) = R_gauss_newton (test D)."""
+  """Σ_ŷ p(ŷ) R_sampled(ŷ) = R_gauss_newton."""
   p = hidden_params(jax.random.key(7), d_h=4, d_out=4)
   x = jax.random.normal(jax.random.key(8), (3, 3))      # 4**3 label vectors
   expect = sampled_expectation(hidden_model, p, x, q)
@@ -194,7 +145,7 @@ def test_sampled_label_estimator_is_unbiased(q):
 
 
 def test_sampled_label_gradient_is_gauss_newton_with_constant_hessian():
-  """E_ŷ[∇ R_sampled] = ∇ R_GN with stop_gradient(H) ≠ full ∇ R_GN (test E)."""
+  """E_ŷ[∇ R_sampled] = ∇ R_GN with stop_gradient(H) ≠ full ∇ R_GN."""
   p = hidden_params(jax.random.key(9), d_h=4, d_out=3)
   x = jax.random.normal(jax.random.key(10), (2, 3))
   q = 0.4
@@ -223,18 +174,11 @@ def test_sampled_label_path_uses_the_sampled_targets():
   y_hat = L.sample_targets("softmax_cross_entropy", key, out)
   r_fixed = dropjax.explicit_regularizer(hidden_model, p, x, rates=0.3,
                                          estimator="true_label", y=y_hat)
-  np.testing.assert_allclose(r, r_fixed, rtol=1e-12)
-
-
-def recurrent_model(params, x, sites):
-  """Tokens [B, T, d] -> outputs [B, T, K]; h_t also feeds z_{t+1}."""
-  h = sites("emb", jnp.tanh(x @ params["w1"]))                 # [B, T, H]
-  prev = jnp.pad(h, ((0, 0), (1, 0), (0, 0)))[:, :-1]
-  return (h + 0.7 * prev) @ params["w2"]
+  chex.assert_trees_all_close(r, r_fixed, rtol=1e-12)
 
 
 def test_sampled_label_normalisation_when_a_site_feeds_several_tokens():
-  """E_ŷ[N Σ (v ⊙ ∂L̃/∂v)²] = Σ v² diag(GN(L̄)) for coupled positions (test K)."""
+  """E_ŷ[N Σ (v ⊙ ∂L̃/∂v)²] = Σ v² diag(GN(L̄)) for coupled positions."""
   k = jax.random.split(jax.random.key(14), 3)
   params = {"w1": jax.random.normal(k[0], (2, 3)),
             "w2": jax.random.normal(k[1], (3, 3))}
@@ -304,82 +248,3 @@ def test_squared_error_sampled_targets_estimate_gauss_newton():
                                     loss="squared_error")
   se = jnp.std(vals) / np.sqrt(vals.size)
   assert abs(float(jnp.mean(vals) - gn)) < 4 * float(se)
-
-
-# --- 5. the implicit regularizer -------------------------------------------------
-
-
-def flat_grad(f, params):
-  g = jax.grad(f)(params)
-  return jnp.concatenate([a.ravel() for a in jax.tree.leaves(g)])
-
-
-@pytest.mark.parametrize("q", [0.2, 0.5])
-def test_implicit_noise_mean_zero_and_covariance_exact(q):
-  """Over all sign patterns: E[R_imp] = 0 and Cov(∇R_imp) = q/(1-q) Σ_j a_j a_jᵀ.
-
-  Also equals the covariance of the linearised Bernoulli dropout noise
-  ∇_θ <∂L̄/∂v, v ⊙ eps> enumerated over every mask (test G, eq. E9–E11).
-  """
-  p = hidden_params(jax.random.key(21), d_h=3, d_out=3)
-  x = jax.random.normal(jax.random.key(22), (2, 3))      # 6 elements: 64 signs
-  y = jnp.array([0, 2])
-  lin0 = S.linearize_sites(hidden_model, p, x)
-  shape = lin0.activations["h"].shape
-  sign_patterns = 2 * all_masks(shape) - 1
-
-  def r_imp(params, s):
-    lin = S.linearize_sites(hidden_model, params, x)
-    return im.implicit_from_linearization(
-        lin, S.resolve_rates(q, lin.activations), y=y, key=None,
-        signs={"h": s})
-
-  values = jax.vmap(r_imp, in_axes=(None, 0))(p, sign_patterns)
-  grads = jax.vmap(lambda s: flat_grad(lambda pp: r_imp(pp, s), p))(
-      sign_patterns)
-  assert float(jnp.max(jnp.abs(jnp.mean(values)))) < 1e-12
-  assert float(jnp.max(jnp.abs(jnp.mean(grads, axis=0)))) < 1e-12
-  cov_imp = grads.T @ grads / grads.shape[0]
-
-  # a_j = ∇_θ (v_j ∂L̄/∂v_j), one row per site element j.
-  def va(params):
-    lin = S.linearize_sites(hidden_model, params, x)
-    g = lin.vjp(L.loss_cotangent("softmax_cross_entropy", lin.outputs, y))
-    return (lin.activations["h"] * g["h"]).ravel()
-  a = jax.jacobian(va)(p)
-  a = jnp.concatenate([l.reshape(l.shape[0], -1) for l in jax.tree.leaves(a)],
-                      axis=1)
-  cov_theory = q / (1 - q) * a.T @ a
-  assert float(jnp.max(jnp.abs(cov_imp - cov_theory))) < 1e-10
-
-  # The linearised dropout noise, enumerated over Bernoulli masks.
-  masks = all_masks(shape)
-  keep = masks.reshape(masks.shape[0], -1).sum(1)
-  probs = (1 - q) ** keep * q ** (masks[0].size - keep)
-
-  def lin_noise(m):
-    eps = m / (1 - q) - 1
-    def inner(params):
-      lin = S.linearize_sites(hidden_model, params, x)
-      g = lin.vjp(L.loss_cotangent("softmax_cross_entropy", lin.outputs, y))
-      return jnp.sum(g["h"] * lin.activations["h"] * eps)
-    return flat_grad(inner, p)
-  xi = jax.vmap(lin_noise)(masks)
-  mean = probs @ xi
-  cov_drop = (xi * probs[:, None]).T @ xi - jnp.outer(mean, mean)
-  assert float(jnp.max(jnp.abs(mean))) < 1e-12
-  assert float(jnp.max(jnp.abs(cov_imp - cov_drop))) < 1e-10
-
-
-def test_implicit_keyed_draw_is_one_of_the_enumerated_patterns():
-  p = hidden_params(jax.random.key(23), d_h=3, d_out=3)
-  x = jax.random.normal(jax.random.key(24), (2, 3))
-  y = jnp.array([1, 2])
-  r = dropjax.implicit_regularizer(hidden_model, p, x, y, rates=0.3,
-                                   key=jax.random.key(1))
-  lin = S.linearize_sites(hidden_model, p, x)
-  signs = im.rademacher_signs(jax.random.key(1), lin.activations)
-  r2 = im.implicit_from_linearization(
-      lin, S.resolve_rates(0.3, lin.activations), y=y, key=None, signs=signs)
-  np.testing.assert_allclose(r, r2, rtol=1e-12)
-  assert set(np.unique(np.asarray(signs["h"]))) <= {-1.0, 1.0}

@@ -1,0 +1,92 @@
+"""Small models and exact-enumeration helpers shared by several test files.
+
+The derivation tests (tests/test_explicit.py, test_implicit.py,
+test_losses.py) run in float64 through the ``x64`` fixture of conftest.py and
+compute expectations over dropout masks, sampled labels and Rademacher signs
+by enumerating every outcome.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dropjax import losses as L
+from dropjax import sites as S
+
+
+# --- exact enumeration -----------------------------------------------------------
+
+
+def all_masks(shape):
+  """Every {0,1} mask of `shape`: array [2**size, *shape] (float64)."""
+  size = int(np.prod(shape))
+  bits = np.array(list(itertools.product([0.0, 1.0], repeat=size)))
+  return jnp.asarray(bits.reshape((-1,) + tuple(shape)))
+
+
+def expected_dropout_loss(apply, params, x, y, site, q, loss):
+  """E_mask[L̄] by enumeration over every mask of one site."""
+  shape = S.site_shapes(apply, params, x)[site].shape
+  masks = all_masks(shape)
+  keep = masks.sum(axis=tuple(range(1, masks.ndim)))
+  size = int(np.prod(shape))
+  probs = (1 - q) ** keep * q ** (size - keep)
+
+  def loss_for(m):
+    sites = lambda n, h: h * m / (1 - q) if n == site else h
+    return L.mean_loss(loss, apply(params, x, sites), y)
+
+  return jnp.sum(probs * jax.vmap(loss_for)(masks)), jnp.sum(probs)
+
+
+def clean_loss(apply, params, x, y, loss):
+  return L.mean_loss(loss, apply(params, x, S.identity_sites), y)
+
+
+def flat_grad(f, params):
+  g = jax.grad(f)(params)
+  return jnp.concatenate([a.ravel() for a in jax.tree.leaves(g)])
+
+
+# --- small models ----------------------------------------------------------------
+
+
+def hidden_model(params, x, sites):
+  h = sites("h", jnp.tanh(x @ params["w1"] + params["b1"]))
+  return h @ params["w2"] + params["b2"]
+
+
+def hidden_params(key, d_in=3, d_h=4, d_out=2, readout_scale=1.0):
+  k = jax.random.split(key, 4)
+  return {
+      "w1": jax.random.normal(k[0], (d_in, d_h)),
+      "b1": 0.1 * jax.random.normal(k[1], (d_h,)),
+      "w2": readout_scale * jax.random.normal(k[2], (d_h, d_out)),
+      "b2": 0.1 * jax.random.normal(k[3], (d_out,)),
+  }
+
+
+def recurrent_model(params, x, sites):
+  """Tokens [B, T, d] -> outputs [B, T, K]; h_t also feeds z_{t+1}."""
+  h = sites("emb", jnp.tanh(x @ params["w1"]))                 # [B, T, H]
+  prev = jnp.pad(h, ((0, 0), (1, 0), (0, 0)))[:, :-1]
+  return (h + 0.7 * prev) @ params["w2"]
+
+
+def mlp(params, x, sites):
+  h = sites("h1", jnp.tanh(x @ params["w1"]))
+  h = sites("h2", jnp.tanh(h @ params["w2"]))
+  return h @ params["w3"]
+
+
+def init(key, sizes=(4, 6, 5, 3)):
+  ks = jax.random.split(key, len(sizes) - 1)
+  return {f"w{i + 1}": jax.random.normal(k, (a, b)) / np.sqrt(a)
+          for i, (k, a, b) in enumerate(zip(ks, sizes[:-1], sizes[1:]))}
+
+
+PARAMS = init(jax.random.key(0))
+BATCH = (jax.random.normal(jax.random.key(1), (6, 4)),
+         jnp.array([0, 1, 2, 0, 1, 2]))
