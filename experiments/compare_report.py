@@ -17,13 +17,11 @@ import sys
 import numpy as np
 
 from dropjax.train import files as _files
+from experiments import stats
 
 
 def _stats(values) -> tuple[float, float, int]:
-  v = np.asarray([x for x in values if x is not None], dtype=np.float64)
-  if v.size == 0:
-    return float("nan"), float("nan"), 0
-  return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, v.size
+  return tuple(stats.summarize(values))
 
 
 def summarise(records: list[dict]) -> dict:
@@ -50,9 +48,9 @@ def compare(summary, setting, a, b, metric="test_accuracy"):
     return None
   ma, sa, na = summary[(setting, a)][metric]
   mb, sb, nb = summary[(setting, b)][metric]
-  se = float(np.sqrt(sa**2 / max(na, 1) + sb**2 / max(nb, 1)))
+  se = stats.se_of_difference(sa, na, sb, nb)
   diff = ma - mb
-  return diff, se, bool(abs(diff) > 2 * se and se > 0)
+  return diff, se, stats.is_clear(diff, se)
 
 
 def _fmt(stat, digits=2):

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from experiments import stats
 
 REPORT_FILE = "report.md"
 PLOTS = ("prune_curves_weight.png", "prune_curves_unit.png",
@@ -202,10 +203,7 @@ def values(records: Sequence[dict], condition: str, metric: Metric
 
 def summary(v: np.ndarray) -> tuple[float, float, int]:
   """``(mean, sample SD, n)``; SD is NaN for fewer than two values."""
-  n = int(v.size)
-  if n == 0:
-    return float("nan"), float("nan"), 0
-  return float(v.mean()), float(v.std(ddof=1)) if n > 1 else float("nan"), n
+  return tuple(stats.summarize(v.tolist(), single_sd=float("nan")))
 
 
 def fmt_ms(mean: float, sd: float, n: int, f: str = ".3f") -> str:
@@ -278,8 +276,8 @@ def compare(records: Sequence[dict], a: str, b: str, metric: Metric, *,
   if na < 2 or nb < 2:
     return Comparison(metric, a, b, ma, sa, na, mb, sb, nb, diff,
                       float("nan"), n_se, None)
-  se = math.sqrt(sa ** 2 / na + sb ** 2 / nb)
-  sig = abs(diff) > n_se * se if se > 0 else diff != 0
+  se = stats.se_of_difference(sa, na, sb, nb, min_n=2)
+  sig = stats.is_clear(diff, se, n_se=n_se, zero_se_ok=True)
   sign = 1 if metric.better == "higher" else -1
   favours = (1 if diff * sign > 0 else -1) if sig else 0
   return Comparison(metric, a, b, ma, sa, na, mb, sb, nb, diff, se, n_se,
