@@ -1,6 +1,7 @@
 """Report and plots of the main job, computed from ``results.json`` only.
 
-    python -m experiments.compare_report DIR    # re-render DIR/report.md and plots
+    python -m experiments.compare_report --workdir DIR   # re-render report.md
+    python -m experiments.compare_report DIR             # and plots (the same)
 
 Every sentence of the report that states a finding is generated from the
 numbers: a difference between two regimens is called *clear* when it exceeds
@@ -10,13 +11,12 @@ two standard errors of the difference of their seed means
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 
 import numpy as np
 
 from dropjax.train import files as _files
+from experiments import harness
 from experiments import stats
 
 
@@ -198,7 +198,7 @@ def plot(results: dict, workdir: str, config) -> list[str]:
   axes[0][-1].legend(fontsize=8, loc="lower right")
   fig.tight_layout()
   p = os.path.join(workdir, "learning_curves.png")
-  fig.savefig(p, dpi=120)
+  harness.save_figure_atomic(fig, p, dpi=120)
   plt.close(fig)
   paths.append(p)
 
@@ -222,7 +222,7 @@ def plot(results: dict, workdir: str, config) -> list[str]:
     ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
   p = os.path.join(workdir, "test_accuracy.png")
-  fig.savefig(p, dpi=120)
+  harness.save_figure_atomic(fig, p, dpi=120)
   plt.close(fig)
   paths.append(p)
   return paths
@@ -236,19 +236,12 @@ def write_report(results: dict, workdir: str, config) -> str:
   return text
 
 
-def main(argv):
-  if len(argv) != 2:
-    print(__doc__)
-    return 2
+def render(results: dict, workdir: str) -> str:
+  """Re-renders the report of ``results`` (with its own config)."""
   import ml_collections
-  workdir = argv[1]
-  with open(os.path.join(workdir, "results.json")) as f:
-    results = json.load(f)
-  config = ml_collections.ConfigDict(results["config"])
-  write_report(results, workdir, config)
-  print(f"wrote {os.path.join(workdir, 'report.md')}")
-  return 0
+  return write_report(results, workdir,
+                      ml_collections.ConfigDict(results["config"]))
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv))
+  harness.report_main(render, name="compare_report")
