@@ -216,6 +216,8 @@ def parse_tuple_overrides(config, defaults) -> list[str]:
     TupleSyntaxError: an element that is empty or of the wrong type.
   """
   changed = []
+  if hasattr(defaults, "to_dict"):
+    defaults = defaults.to_dict()
   for key, default in flatten(defaults).items():
     if not isinstance(default, tuple) or not default:
       continue
