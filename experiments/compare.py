@@ -28,25 +28,20 @@ import sys
 import time
 from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
-import numpy as np
-
 import dropjax
 from dropjax import data as djdata
 from dropjax import models
 from dropjax import train as djtrain
 from experiments import compare_report
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "compare.py"),
-    "Experiment config file (ml_collections).")
+from experiments import harness
 
 RESULTS_FILE = "results.json"
+# Keys that may change between runs in one work directory: the lists of
+# regimens and settings (each (setting, regimen) is one run with its own
+# records, independent of the others) and the progress bar. The seeds are
+# not: they are trained together in one vmapped run per (setting, regimen),
+# so a finished run holds the records of the old seed list.
+VOLATILE_KEYS = ("regimens", "settings", "progress")
 
 
 def load_setting(config, setting: str) -> djdata.ImageDataset:
@@ -92,8 +87,14 @@ def _load_results(path: str) -> dict:
 
 
 def run(config, workdir: str) -> dict:
-  """Runs (or resumes) the whole comparison; returns the results dict."""
+  """Runs (or resumes) the whole comparison; returns the results dict.
+
+  Raises:
+    harness.ConfigMismatchError: ``workdir`` holds results of a config that
+      differs in a key outside :data:`VOLATILE_KEYS`.
+  """
   os.makedirs(workdir, exist_ok=True)
+  harness.check_config(workdir, config, VOLATILE_KEYS)
   path = os.path.join(workdir, RESULTS_FILE)
   results = _load_results(path)
   results["config"] = config.to_dict()
@@ -161,25 +162,14 @@ def run(config, workdir: str) -> dict:
 
 
 def _versions() -> dict[str, Any]:
-  import flax
-  import jax
-  import optax
-  return {"dropjax": dropjax.__version__, "jax": jax.__version__,
-          "flax": flax.__version__, "optax": optax.__version__,
-          "devices": [str(d) for d in jax.devices()],
-          "numpy": np.__version__}
+  return harness.software_versions()
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required (where results go).")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
-  run(_CONFIG.value, _WORKDIR.value)
-  print(f"[compare] wrote {os.path.join(_WORKDIR.value, 'report.md')}")
+def _print_done(config, workdir, results):
+  del config, results
+  print(f"[compare] wrote {os.path.join(workdir, 'report.md')}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  harness.main(run, config=harness.config_path("compare"), name="compare",
+               after=_print_done)

@@ -1,6 +1,7 @@
 """Report and plots of the main job, computed from ``results.json`` only.
 
-    python -m experiments.compare_report DIR    # re-render DIR/report.md and plots
+    python -m experiments.compare_report --workdir DIR   # re-render report.md
+    python -m experiments.compare_report DIR             # and plots (the same)
 
 Every sentence of the report that states a finding is generated from the
 numbers: a difference between two regimens is called *clear* when it exceeds
@@ -10,20 +11,17 @@ two standard errors of the difference of their seed means
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 
 import numpy as np
 
 from dropjax.train import files as _files
+from experiments import harness
+from experiments import stats
 
 
 def _stats(values) -> tuple[float, float, int]:
-  v = np.asarray([x for x in values if x is not None], dtype=np.float64)
-  if v.size == 0:
-    return float("nan"), float("nan"), 0
-  return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, v.size
+  return tuple(stats.summarize(values))
 
 
 def summarise(records: list[dict]) -> dict:
@@ -50,9 +48,9 @@ def compare(summary, setting, a, b, metric="test_accuracy"):
     return None
   ma, sa, na = summary[(setting, a)][metric]
   mb, sb, nb = summary[(setting, b)][metric]
-  se = float(np.sqrt(sa**2 / max(na, 1) + sb**2 / max(nb, 1)))
+  se = stats.se_of_difference(sa, na, sb, nb)
   diff = ma - mb
-  return diff, se, bool(abs(diff) > 2 * se and se > 0)
+  return diff, se, stats.is_clear(diff, se)
 
 
 def _fmt(stat, digits=2):
@@ -109,7 +107,7 @@ def findings(summary, config) -> list[str]:
         ("dropout", "none", "Effect of dropout", None),
         ("dropout_k", "dropout", f"DROPOUT_{k} vs DROPOUT_1", None),
         ("dropout_k_fix_noise", "dropout_k",
-         f"Restoring the noise with fix-noise", None),
+         "Restoring the noise with fix-noise", None),
         ("dropout_k_implicit", "dropout_k",
          "Restoring the noise with the implicit regularizer", None),
         ("explicit", "explicit_implicit",
@@ -200,7 +198,7 @@ def plot(results: dict, workdir: str, config) -> list[str]:
   axes[0][-1].legend(fontsize=8, loc="lower right")
   fig.tight_layout()
   p = os.path.join(workdir, "learning_curves.png")
-  fig.savefig(p, dpi=120)
+  harness.save_figure_atomic(fig, p, dpi=120)
   plt.close(fig)
   paths.append(p)
 
@@ -224,7 +222,7 @@ def plot(results: dict, workdir: str, config) -> list[str]:
     ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
   p = os.path.join(workdir, "test_accuracy.png")
-  fig.savefig(p, dpi=120)
+  harness.save_figure_atomic(fig, p, dpi=120)
   plt.close(fig)
   paths.append(p)
   return paths
@@ -238,19 +236,12 @@ def write_report(results: dict, workdir: str, config) -> str:
   return text
 
 
-def main(argv):
-  if len(argv) != 2:
-    print(__doc__)
-    return 2
+def render(results: dict, workdir: str) -> str:
+  """Re-renders the report of ``results`` (with its own config)."""
   import ml_collections
-  workdir = argv[1]
-  with open(os.path.join(workdir, "results.json")) as f:
-    results = json.load(f)
-  config = ml_collections.ConfigDict(results["config"])
-  write_report(results, workdir, config)
-  print(f"wrote {os.path.join(workdir, 'report.md')}")
-  return 0
+  return write_report(results, workdir,
+                      ml_collections.ConfigDict(results["config"]))
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv))
+  harness.report_main(render, name="compare_report")

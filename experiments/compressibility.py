@@ -48,7 +48,6 @@ library's :mod:`dropjax.analysis.gradual`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -59,7 +58,6 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from dropjax import analysis as an
 from dropjax import data as djdata
@@ -73,6 +71,7 @@ from dropjax.analysis.gradual import pruning_hook
 from dropjax.train import evaluation as djeval
 from dropjax.tree import load_params
 from dropjax.tree import save_params
+from experiments import harness
 
 Array = jax.Array
 
@@ -82,9 +81,11 @@ CONFIG_FILE = "config.json"
 LOSS = "softmax_cross_entropy"
 
 # Config keys that may change between sessions of one study without
-# invalidating finished runs (they do not change any number).
-# ``fast_thresholds`` is retired (the library's thresholds are the fast ones
-# now); it stays here so that work dirs whose config.json has it resume.
+# invalidating finished runs (they do not change any number): the seeds and
+# conditions (every (condition, seed) keeps its own record, and each record
+# checks its condition's spec itself), and the keys of speed and display;
+# ``fast_thresholds`` is retired (the library's thresholds are the fast
+# ones now) and stays here so that work dirs whose config.json has it resume.
 VOLATILE_KEYS = ("seeds", "conditions", "condition_specs", "cluster.n_jobs",
                  "progress", "retry_failed", "checkpoint_every", "chunk_size",
                  "eval_batch_size", "fast_thresholds")
@@ -328,34 +329,9 @@ def sparsity_entry(params) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def _flat_config(d: Mapping, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, Mapping):
-      out.update(_flat_config(v, key + "."))
-    else:
-      out[key] = v
-  return out
-
-
 def _check_config(workdir: str, config_dict: dict) -> None:
   """Refuses to resume a study made with different numbers-defining keys."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = _flat_config(json.load(f))
-    new = _flat_config(_json_safe(config_dict))
-    volatile = lambda k: any(k == v or k.startswith(v + ".")
-                             for v in VOLATILE_KEYS)
-    diff = sorted(k for k in set(old) | set(new)
-                  if not volatile(k) and old.get(k) != new.get(k))
-    if diff:
-      raise ValueError(
-          f"{workdir} holds a study made with a different config "
-          f"({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in diff)}"
-          "); use another --workdir.")
-  djtrain.write_json_atomic(path, config_dict)
+  harness.check_config(workdir, config_dict, VOLATILE_KEYS)
 
 
 class Study:
@@ -678,14 +654,7 @@ class Study:
 
 
 def _versions() -> dict[str, Any]:
-  import flax
-  import sklearn
-  return {"jax": jax.__version__, "flax": flax.__version__,
-          "optax": optax.__version__, "numpy": np.__version__,
-          "sklearn": sklearn.__version__,
-          "devices": [str(d) for d in jax.devices()],
-          "cpu_count": os.cpu_count(),
-          "loadavg": [round(v, 2) for v in os.getloadavg()]}
+  return harness.software_versions("sklearn")
 
 
 def run(config, workdir: str) -> dict:
@@ -702,29 +671,6 @@ def run(config, workdir: str) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-  here = os.path.dirname(os.path.abspath(__file__))
-  workdir = flags.DEFINE_string("workdir", None, "Output directory.")
-  config = config_flags.DEFINE_config_file(
-      "config", os.path.join(here, "configs", "compressibility.py"),
-      "Study config file (ml_collections).")
-  return workdir, config
-
-
-def main(argv, workdir_flag=None, config_flag=None):
-  from absl import app
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not workdir_flag.value:
-    raise app.UsageError("--workdir is required (where results go).")
-  run(config_flag.value, workdir_flag.value)
-
-
 if __name__ == "__main__":
-  from absl import app
-  _WORKDIR, _CONFIG = _define_flags()
-  app.run(functools.partial(main, workdir_flag=_WORKDIR, config_flag=_CONFIG))
+  harness.main(run, config=harness.config_path("compressibility"),
+               name="compressibility")

@@ -7,7 +7,7 @@ import pytest
 
 from dropjax import data as djdata
 from experiments import compare
-from experiments.configs import compare_smoke
+from experiments.configs import compare as compare_configs
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ needs_data = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("compare"))
-  config = compare_smoke.get_config()
+  config = compare_configs.get_config("smoke")
   results = compare.run(config, workdir)
   return config, workdir, results
 
@@ -62,7 +62,7 @@ def test_rerun_skips_finished_runs(smoke_run, capsys):
 
 @needs_data
 def test_nan_stops_the_run_and_keeps_the_others(tmp_path):
-  config = compare_smoke.get_config()
+  config = compare_configs.get_config("smoke")
   config.regimens = ("none", "dropout")
   config.settings = ("small",)
   config.seeds = (0,)
@@ -76,7 +76,7 @@ def test_nan_stops_the_run_and_keeps_the_others(tmp_path):
 
 
 def test_bad_data_directory_names_the_fix(tmp_path):
-  config = compare_smoke.get_config()
+  config = compare_configs.get_config("smoke")
   config.data.source = f"idx:{tmp_path / 'nowhere'}"
   with pytest.raises(djdata.DataError, match="dataset-fashion-mnist"):
     compare.run(config, str(tmp_path / "out"))

@@ -27,7 +27,7 @@ from dropjax import train as djtrain
 from experiments import compressibility as cs
 from experiments import compressibility_report as rep
 from experiments.configs import compressibility as default_config
-from experiments.configs import compressibility_smoke
+from experiments.configs import compressibility as cmp_configs
 
 
 # ---------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def test_verdicts_inconclusive_without_conditions_or_seeds():
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("compressibility_smoke"))
-  config = compressibility_smoke.get_config()
+  config = cmp_configs.get_config("smoke")
   results = cs.run(config, workdir)
   return config, workdir, results
 
@@ -386,7 +386,7 @@ def test_nan_condition_fails_alone(smoke, tmp_path):
   config, workdir, _ = smoke
   work = str(tmp_path / "nan")
   shutil.copytree(workdir, work)
-  config = compressibility_smoke.get_config()
+  config = cmp_configs.get_config("smoke")
   config.condition_specs.broken = dict(regimen="l1", coef=float("inf"))
   config.conditions = ("control", "broken", "dropout")
   results = cs.run(config, work)

@@ -15,7 +15,7 @@ from dropjax import train as lm
 from dropjax.models import lstm
 from dropjax.train import make_optimizer
 from experiments import language_model as exp
-from experiments.configs import language_model_smoke
+from experiments.configs import language_model as lm_configs
 
 
 # ----------------------------------------------------------------- regimens
@@ -192,7 +192,7 @@ def test_nan_seed_is_reported_and_the_other_seed_continues(tmp_path, capsys):
 
 
 def test_smoke_experiment_end_to_end_and_resume(tmp_path, monkeypatch):
-  config = language_model_smoke.get_config()
+  config = lm_configs.get_config("smoke")
   workdir = str(tmp_path)
   res = exp.run_experiment(config, workdir, log=lambda *a: None)
   regs = exp.parse_regimens(config.regimens)

@@ -30,6 +30,17 @@ Targeted dropout settings (Gomez et al. 2019, Table 2 grid):
 Measured wall time on 2 idle CPU cores: 43 min for the whole study
 (docs/compressibility.md §9); on a machine shared with other jobs expect
 2-3 times that.
+
+Variant ``smoke``: real data, about a minute.
+
+    python -m experiments.compressibility --workdir /tmp/cmp_smoke \
+        --config experiments/configs/compressibility.py:smoke
+
+A tiny MLP (784-32-32-10) on 2000 Fashion-MNIST training images, 1 epoch of
+training and 1 epoch of gradual pruning (15 steps each, masks every 5 steps),
+two conditions (control, dropout) x two seeds, 3 shuffles per clustering and
+a few prune fractions. It exercises every stage and file of the study; its
+numbers mean nothing.
 """
 
 import ml_collections
@@ -38,7 +49,7 @@ CONDITIONS = ("control", "dropout", "explicit_implicit", "explicit", "l1",
               "l2", "targeted_weight", "targeted_unit")
 
 
-def get_config() -> ml_collections.ConfigDict:
+def _default() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
@@ -102,3 +113,37 @@ def get_config() -> ml_collections.ConfigDict:
   c.retry_failed = False            # re-run (condition, seed)s that hit NaN
   c.progress = True
   return c
+
+
+def _smoke() -> ml_collections.ConfigDict:
+  """Smoke config of the compressibility study: real data, about a minute."""
+  c = _default()
+  c.data.train_size = 2000
+  c.model.layer_sizes = (784, 32, 32, 10)
+  c.epochs = 1
+  c.prune_epochs = 1
+  c.pruning.frequency = 5
+  c.seeds = (0, 1)
+  c.conditions = ("control", "dropout")
+  c.curves.fractions = (0.0, 0.5, 0.9)
+  c.cluster.n_clusters = 4
+  c.cluster.n_shuffles = 3
+  c.cluster.n_jobs = 1
+  c.checkpoint_every = 1
+  c.progress = False
+  return c
+
+
+VARIANTS = {"default": _default, "smoke": _smoke}
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+  """The config of one variant (default, smoke).
+
+  Raises:
+    ValueError: an unknown variant (the message lists the valid ones).
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown config variant {variant!r}; valid: "
+                     f"{', '.join(VARIANTS)}.")
+  return VARIANTS[variant]()

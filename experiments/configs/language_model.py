@@ -16,6 +16,29 @@ the full held-out plays.
     python -m experiments.language_model --workdir /tmp/lm
     python -m experiments.language_model --workdir /tmp/lm \
         --config.steps=1500 --config.seeds='(0, 1, 2)'
+
+Variant ``smoke``: each kind of regimen, about a minute.
+
+A one-layer 16-unit LSTM, a few steps on a few thousand characters, short
+validation/test prefixes, k = 2 instead of 8. (Compilation dominates its
+time; the ``h{i}`` sites of deeper models are tested in tests/test_lstm.py.)
+
+    python -m experiments.language_model --workdir /tmp/lm_smoke \
+        --config experiments/configs/language_model.py:smoke
+
+Variant ``accel``: the AWD-LSTM size on the whole Shakespeare set.
+
+Three LSTM layers of 1150 units with a tied 400-dim embedding (the last layer
+has 400 units), q = 0.4 at every site as in the LSTM code of Wei, Kakade & Ma
+(2020), batch 20 x bptt 70 (their README command; fixed length here), and
+SGD with lr 30, clipping 0.25 and weight decay 1.2e-6 (AWD-LSTM). Three
+seeds. Meant for accelerators; not run by the tests and not timed yet.
+DROPOUT_8 and its variants cost 8-11 forward/backward passes per step:
+spread the regimens over machines with --config.regimens=... and merge the
+runs/<regimen>/ folders (see docs/language_model.md).
+
+    python -m experiments.language_model --workdir /tmp/lm_accel \
+        --config experiments/configs/language_model.py:accel
 """
 
 import ml_collections
@@ -26,7 +49,7 @@ ALL_REGIMENS = ("none,dropout_1,dropout_2,dropout_4,dropout_8,"
                 "explicit_implicit")
 
 
-def get_config():
+def _default():
   c = ml_collections.ConfigDict()
   # --- data -----------------------------------------------------------------
   c.corpus = "shakespeare"          # any dropjax.data.text.load_corpus name
@@ -66,3 +89,74 @@ def get_config():
   c.dropout_k_implicit_scale = config_dict.placeholder(float)
   c.progress = True
   return c
+
+
+def _smoke() -> ml_collections.ConfigDict:
+  """Smoke variant: each kind of regimen, about a minute."""
+  c = _default()
+  c.train_tokens = 4_000
+  c.curve_tokens = 1_500
+  c.eval_tokens = 3_000
+  c.batch_size = 4
+  c.bptt = 8
+  c.eval_batch_size = 8
+  c.eval_bptt = 32
+  c.model.embed_dim = 8
+  c.model.hidden_size = 16
+  c.model.num_layers = 1
+  c.steps = 4
+  c.chunk_size = 2
+  c.eval_every = 1                  # a curve point after each call
+  c.checkpoint_every = 1
+  # One regimen per kind of objective (explicit alone shares its code path
+  # with explicit_implicit and is left out to save a compilation).
+  c.regimens = ("none,dropout_1,dropout_2,dropout_2_fix_noise,"
+                "dropout_2_implicit,explicit_implicit")
+  c.progress = False
+  return c
+
+
+def _accel() -> ml_collections.ConfigDict:
+  """Accelerator variant: AWD-LSTM size, all of Shakespeare."""
+  c = _default()
+  c.train_tokens = 0                # all 4.2M training characters
+  c.curve_tokens = 100_000
+  c.eval_tokens = 0
+  c.batch_size = 20
+  c.bptt = 70
+  c.eval_batch_size = 10
+  c.eval_bptt = 140
+  c.model.embed_dim = 400
+  c.model.hidden_size = 1150
+  c.model.num_layers = 3
+  c.model.tie_weights = True
+  c.model.forget_bias = 0.0
+  c.rates.emb = 0.4
+  c.rates.hidden = 0.4
+  c.rates.out = 0.4
+  c.rates.weight = 0.4
+  c.optimizer = "sgd"
+  c.learning_rate = 30.0
+  c.clip_norm = 0.25
+  c.weight_decay = 1.2e-6
+  c.steps = 60_000                  # ~20 epochs of 4.2M chars at 20 x 70
+  c.chunk_size = 500
+  c.eval_every = 4
+  c.checkpoint_every = 4
+  c.seeds = (0, 1, 2)
+  return c
+
+
+VARIANTS = {"default": _default, "smoke": _smoke, "accel": _accel}
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+  """The config of one variant (default, smoke, accel).
+
+  Raises:
+    ValueError: an unknown variant (the message lists the valid ones).
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown config variant {variant!r}; valid: "
+                     f"{', '.join(VARIANTS)}.")
+  return VARIANTS[variant]()
