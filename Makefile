@@ -8,7 +8,7 @@ WORKDIR ?= runs/compare
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test smoke bench clean
+.PHONY: setup run test lint format smoke bench clean
 
 # apt: the real Fashion-MNIST files (Debian package dataset-fashion-mnist).
 # pip: the library with every extra the experiments and tests use.
@@ -29,6 +29,15 @@ run: setup
 test: setup
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+# ruff: lint rules and formatting of the whole tree (config in pyproject.toml).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 bench: setup
 	$(PY) -m pip install -q -e '.[bench]'

@@ -4,7 +4,6 @@ and the clean-pass linearisation the analytic regularizers build on."""
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import dropjax
