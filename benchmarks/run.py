@@ -42,54 +42,91 @@ import jax
 from benchmarks import steps, timing
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "full": dict(
-        repeats=30, warmup=3, width=1024, batch=128, d_in=784,
-        regimens=steps.REGIMENS,
-        lstm=dict(vocab=96, embed_dim=64, hidden=128, layers=2, batch=32,
-                  seq_len=32),
-        lstm_regimens=steps.REGIMENS, lstm_repeats=10,
-        torch_regimens=("dropout", "explicit", "explicit_implicit"),
-        torch_threads=(None, 1),
-        scaling_regimens=("dropout", "explicit", "explicit_implicit"),
-        batch_sizes=(32, 128, 512), widths=(256, 1024, 2048),
-        scaling_repeats=20,
-        seed_counts=(1, 2, 4, 8), seed_regimens=("dropout",
-                                                 "explicit_implicit"),
-        seed_repeats=10,
-        dp_devices=4, dp_regimens=("dropout", "explicit_implicit"),
-        dp_repeats=20),
-    "quick": dict(
-        repeats=10, warmup=3, width=1024, batch=128, d_in=784,
-        regimens=steps.REGIMENS,
-        lstm=None, lstm_regimens=(), lstm_repeats=0,
-        torch_regimens=("dropout", "explicit_implicit"),
-        torch_threads=(None, 1),
-        scaling_regimens=("dropout", "explicit_implicit"),
-        batch_sizes=(512,), widths=(), scaling_repeats=5,
-        seed_counts=(2,), seed_regimens=("explicit_implicit",),
-        seed_repeats=3,
-        dp_devices=4, dp_regimens=("explicit_implicit",), dp_repeats=5),
-    "micro": dict(
-        repeats=2, warmup=1, width=16, batch=8, d_in=20,
-        regimens=("dropout", "explicit_implicit"),
-        lstm=None, lstm_regimens=(), lstm_repeats=0,
-        torch_regimens=("dropout", "explicit_implicit"),
-        torch_threads=(1,),
-        scaling_regimens=("dropout", "explicit_implicit"),
-        batch_sizes=(4,), widths=(8,), scaling_repeats=2,
-        seed_counts=(2,), seed_regimens=("explicit_implicit",),
-        seed_repeats=2,
-        dp_devices=4, dp_regimens=("explicit_implicit",), dp_repeats=2),
+  "full": dict(
+    repeats=30,
+    warmup=3,
+    width=1024,
+    batch=128,
+    d_in=784,
+    regimens=steps.REGIMENS,
+    lstm=dict(
+      vocab=96, embed_dim=64, hidden=128, layers=2, batch=32, seq_len=32
+    ),
+    lstm_regimens=steps.REGIMENS,
+    lstm_repeats=10,
+    torch_regimens=("dropout", "explicit", "explicit_implicit"),
+    torch_threads=(None, 1),
+    scaling_regimens=("dropout", "explicit", "explicit_implicit"),
+    batch_sizes=(32, 128, 512),
+    widths=(256, 1024, 2048),
+    scaling_repeats=20,
+    seed_counts=(1, 2, 4, 8),
+    seed_regimens=("dropout", "explicit_implicit"),
+    seed_repeats=10,
+    dp_devices=4,
+    dp_regimens=("dropout", "explicit_implicit"),
+    dp_repeats=20,
+  ),
+  "quick": dict(
+    repeats=10,
+    warmup=3,
+    width=1024,
+    batch=128,
+    d_in=784,
+    regimens=steps.REGIMENS,
+    lstm=None,
+    lstm_regimens=(),
+    lstm_repeats=0,
+    torch_regimens=("dropout", "explicit_implicit"),
+    torch_threads=(None, 1),
+    scaling_regimens=("dropout", "explicit_implicit"),
+    batch_sizes=(512,),
+    widths=(),
+    scaling_repeats=5,
+    seed_counts=(2,),
+    seed_regimens=("explicit_implicit",),
+    seed_repeats=3,
+    dp_devices=4,
+    dp_regimens=("explicit_implicit",),
+    dp_repeats=5,
+  ),
+  "micro": dict(
+    repeats=2,
+    warmup=1,
+    width=16,
+    batch=8,
+    d_in=20,
+    regimens=("dropout", "explicit_implicit"),
+    lstm=None,
+    lstm_regimens=(),
+    lstm_repeats=0,
+    torch_regimens=("dropout", "explicit_implicit"),
+    torch_threads=(1,),
+    scaling_regimens=("dropout", "explicit_implicit"),
+    batch_sizes=(4,),
+    widths=(8,),
+    scaling_repeats=2,
+    seed_counts=(2,),
+    seed_regimens=("explicit_implicit",),
+    seed_repeats=2,
+    dp_devices=4,
+    dp_regimens=("explicit_implicit",),
+    dp_repeats=2,
+  ),
 }
 
 COLUMNS_MAIN = [
-    ("model", "model", ""), ("regimen", "regimen", ""),
-    ("median_ms", "median ms", ".2f"), ("p25_ms", "p25", ".2f"),
-    ("p75_ms", "p75", ".2f"), ("compile_ms", "compile ms", ".0f"),
-    ("ratio_to_dropout", "time / dropout", ".2f"),
-    ("flops", "GFLOP", ""), ("flop_ratio_to_dropout", "FLOP / dropout", ".2f"),
-    ("time_over_flop_ratio", "time ratio / FLOP ratio", ".2f"),
-    ("peak_mib", "peak MiB", ".1f"),
+  ("model", "model", ""),
+  ("regimen", "regimen", ""),
+  ("median_ms", "median ms", ".2f"),
+  ("p25_ms", "p25", ".2f"),
+  ("p75_ms", "p75", ".2f"),
+  ("compile_ms", "compile ms", ".0f"),
+  ("ratio_to_dropout", "time / dropout", ".2f"),
+  ("flops", "GFLOP", ""),
+  ("flop_ratio_to_dropout", "FLOP / dropout", ".2f"),
+  ("time_over_flop_ratio", "time ratio / FLOP ratio", ".2f"),
+  ("peak_mib", "peak MiB", ".1f"),
 ]
 
 
@@ -112,32 +149,54 @@ class Suite:
     for r in regimens:
       jitted = jax.jit(steps.make_step(steps.objective(r, model), self.opt))
       compiled, compile_ms = timing.compile_timed(jitted, *args)
-      out[r] = (compiled, args, dict(compile_ms=compile_ms,
-                                     **timing.cost(compiled),
-                                     **timing.memory(compiled)))
+      out[r] = (
+        compiled,
+        args,
+        dict(
+          compile_ms=compile_ms,
+          **timing.cost(compiled),
+          **timing.memory(compiled),
+        ),
+      )
     return out
 
-  def time_group(self, experiment: str, model: steps.Model, entries: dict,
-                 repeats: int, extra: dict | None = None) -> list[dict]:
-    calls = {r: (lambda c=c, a=a: timing.block(c(*a)))
-             for r, (c, a, _) in entries.items()}
-    times = timing.time_interleaved(calls, repeats=repeats,
-                                    warmup=self.cfg["warmup"])
+  def time_group(
+    self,
+    experiment: str,
+    model: steps.Model,
+    entries: dict,
+    repeats: int,
+    extra: dict | None = None,
+  ) -> list[dict]:
+    calls = {
+      r: (lambda c=c, a=a: timing.block(c(*a)))
+      for r, (c, a, _) in entries.items()
+    }
+    times = timing.time_interleaved(
+      calls, repeats=repeats, warmup=self.cfg["warmup"]
+    )
     ref = steps.REFERENCE if steps.REFERENCE in entries else None
     recs = []
     for r, (_, _, meta) in entries.items():
-      rec = dict(experiment=experiment, framework="jax", model=model.name,
-                 regimen=r, batch=model.config.get("batch"),
-                 width=model.config.get("layer_sizes", [None, None])[1],
-                 **(extra or {}), **timing.summary(times[r]))
+      rec = dict(
+        experiment=experiment,
+        framework="jax",
+        model=model.name,
+        regimen=r,
+        batch=model.config.get("batch"),
+        width=model.config.get("layer_sizes", [None, None])[1],
+        **(extra or {}),
+        **timing.summary(times[r]),
+      )
       rec.update(meta)
       if ref is not None:
         rec["ratio_to_dropout"] = timing.paired_ratio(times[r], times[ref])
         f, f0 = meta.get("flops"), entries[ref][2].get("flops")
         rec["flop_ratio_to_dropout"] = f / f0 if f and f0 else None
         if rec["flop_ratio_to_dropout"]:
-          rec["time_over_flop_ratio"] = (rec["ratio_to_dropout"]
-                                         / rec["flop_ratio_to_dropout"])
+          rec["time_over_flop_ratio"] = (
+            rec["ratio_to_dropout"] / rec["flop_ratio_to_dropout"]
+          )
       recs.append(rec)
     self.records.extend(recs)
     return recs
@@ -146,39 +205,59 @@ class Suite:
 
   def mlp(self, **kw) -> steps.Model:
     c = self.cfg
-    return steps.mlp(width=kw.get("width", c["width"]),
-                     batch=kw.get("batch", c["batch"]), d_in=c["d_in"])
+    return steps.mlp(
+      width=kw.get("width", c["width"]),
+      batch=kw.get("batch", c["batch"]),
+      d_in=c["d_in"],
+    )
 
   def regimens(self):
     model = self.mlp()
-    self.log(f"[regimens] {model.name}, batch {self.cfg['batch']}: "
-             f"{len(self.cfg['regimens'])} steps")
+    self.log(
+      f"[regimens] {model.name}, batch {self.cfg['batch']}: "
+      f"{len(self.cfg['regimens'])} steps"
+    )
     entries = self.jax_entries(model, self.cfg["regimens"])
     self.time_group("regimens", model, entries, self.cfg["repeats"])
     self._main = (model, entries)
 
     if self.cfg["lstm"] is None:
-      self.notes.append("char LSTM: not part of this configuration (its "
-                        "compiles take ~10 s each; run without --quick).")
+      self.notes.append(
+        "char LSTM: not part of this configuration (its "
+        "compiles take ~10 s each; run without --quick)."
+      )
       return
     lstm = steps.char_lstm(**self.cfg["lstm"])
     if lstm is None:
-      note = ("char LSTM skipped: dropjax/models/lstm.py does not exist in "
-              "this tree.")
+      note = (
+        "char LSTM skipped: dropjax/models/lstm.py does not exist in this tree."
+      )
       self.notes.append(note)
-      self.records.append(dict(experiment="regimens", framework="jax",
-                               model="char-lstm", regimen=None,
-                               skipped=True, note=note))
+      self.records.append(
+        dict(
+          experiment="regimens",
+          framework="jax",
+          model="char-lstm",
+          regimen=None,
+          skipped=True,
+          note=note,
+        )
+      )
       self.log("[regimens] " + note)
       return
-    self.log(f"[regimens] {lstm.name}: {len(self.cfg['lstm_regimens'])} "
-             "steps")
+    self.log(f"[regimens] {lstm.name}: {len(self.cfg['lstm_regimens'])} steps")
     entries = self.jax_entries(lstm, self.cfg["lstm_regimens"])
-    self.time_group("regimens", lstm, entries, self.cfg["lstm_repeats"],
-                    extra=dict(seq_len=lstm.config["seq_len"]))
+    self.time_group(
+      "regimens",
+      lstm,
+      entries,
+      self.cfg["lstm_repeats"],
+      extra=dict(seq_len=lstm.config["seq_len"]),
+    )
 
   def torch_peer(self):
     from benchmarks import torch_peer
+
     if not torch_peer.available():
       note = "PyTorch peer skipped: torch is not importable (extra [bench])."
       self.notes.append(note)
@@ -187,9 +266,12 @@ class Suite:
     model, entries = self._main
     regs = self.cfg["torch_regimens"]
     x, y = model.batch
-    trainer = torch_peer.PeerTrainer(torch_peer.mlp_weights(model.params),
-                                     x, y, [model.rates[n] for n in
-                                            sorted(model.rates)])
+    trainer = torch_peer.PeerTrainer(
+      torch_peer.mlp_weights(model.params),
+      x,
+      y,
+      [model.rates[n] for n in sorted(model.rates)],
+    )
     # PyTorch at as many threads as XLA uses (every core), and at one
     # thread (often faster on a small, shared CPU): each setting is one
     # group timed side by side with the JAX steps.
@@ -199,19 +281,26 @@ class Suite:
       calls = {}
       for r in regs:
         c, a, _ = entries[r]
-        calls[("jax", r)] = (lambda c=c, a=a: timing.block(c(*a)))
-        calls[("pytorch", r)] = (lambda r=r: trainer.step(r))
-      times = timing.time_interleaved(calls, repeats=self.cfg["repeats"],
-                                      warmup=self.cfg["warmup"])
+        calls[("jax", r)] = lambda c=c, a=a: timing.block(c(*a))
+        calls[("pytorch", r)] = lambda r=r: trainer.step(r)
+      times = timing.time_interleaved(
+        calls, repeats=self.cfg["repeats"], warmup=self.cfg["warmup"]
+      )
       for (fw, r), t in times.items():
-        rec = dict(experiment="torch_peer", framework=fw, model=model.name,
-                   regimen=r, batch=model.config["batch"],
-                   width=model.config["layer_sizes"][1],
-                   torch_threads=threads, **timing.summary(t),
-                   ratio_to_dropout=timing.paired_ratio(
-                       t, times[(fw, "dropout")]),
-                   ratio_dropjax_to_pytorch=timing.paired_ratio(
-                       times[("jax", r)], times[("pytorch", r)]))
+        rec = dict(
+          experiment="torch_peer",
+          framework=fw,
+          model=model.name,
+          regimen=r,
+          batch=model.config["batch"],
+          width=model.config["layer_sizes"][1],
+          torch_threads=threads,
+          **timing.summary(t),
+          ratio_to_dropout=timing.paired_ratio(t, times[(fw, "dropout")]),
+          ratio_dropjax_to_pytorch=timing.paired_ratio(
+            times[("jax", r)], times[("pytorch", r)]
+          ),
+        )
         if fw == "jax":
           rec.update(entries[r][2])
         self.records.append(rec)
@@ -221,22 +310,33 @@ class Suite:
     for b in c["batch_sizes"]:
       model = self.mlp(batch=b)
       self.log(f"[batch_scaling] batch {b}")
-      self.time_group("batch_scaling", model,
-                      self.jax_entries(model, c["scaling_regimens"]),
-                      c["scaling_repeats"])
+      self.time_group(
+        "batch_scaling",
+        model,
+        self.jax_entries(model, c["scaling_regimens"]),
+        c["scaling_repeats"],
+      )
     for w in c["widths"]:
       model = self.mlp(width=w)
       self.log(f"[width_scaling] width {w}")
-      self.time_group("width_scaling", model,
-                      self.jax_entries(model, c["scaling_regimens"]),
-                      c["scaling_repeats"])
+      self.time_group(
+        "width_scaling",
+        model,
+        self.jax_entries(model, c["scaling_regimens"]),
+        c["scaling_repeats"],
+      )
 
   def seeds(self):
     c = self.cfg
     model = self.mlp()
-    init = jax.jit(jax.vmap(lambda k: jax.tree.map(
-        lambda p: p + 0.01 * jax.random.normal(k, p.shape, p.dtype),
-        model.params)))
+    init = jax.jit(
+      jax.vmap(
+        lambda k: jax.tree.map(
+          lambda p: p + 0.01 * jax.random.normal(k, p.shape, p.dtype),
+          model.params,
+        )
+      )
+    )
     main = getattr(self, "_main", (None, {}))[1]
     for r in c["seed_regimens"]:
       step = steps.make_step(steps.objective(r, model), self.opt)
@@ -245,8 +345,9 @@ class Suite:
         comp_s, _, meta_s = main[r]
         ms_s = meta_s["compile_ms"]
       else:
-        comp_s, ms_s = timing.compile_timed(jax.jit(step),
-                                            *steps.step_args(model, self.opt))
+        comp_s, ms_s = timing.compile_timed(
+          jax.jit(step), *steps.step_args(model, self.opt)
+        )
       calls, meta = {}, {}
       for s in c["seed_counts"]:
         keys = jax.random.split(jax.random.key(10), s)
@@ -255,42 +356,66 @@ class Suite:
         step_keys = jax.random.split(jax.random.key(11), s)
         args = (params, opt_state, model.batch, step_keys)
         comp_v, ms_v = timing.compile_timed(batched, *args)
-        per = [(jax.tree.map(lambda a, i=i: a[i], params),
-                jax.tree.map(lambda a, i=i: a[i], opt_state), model.batch,
-                step_keys[i]) for i in range(s)]
-        calls[("vmap", s)] = (lambda cc=comp_v, a=args: timing.block(cc(*a)))
-        calls[("sequential", s)] = (
-            lambda cc=comp_s, per=per: timing.block([cc(*a) for a in per]))
-        meta[("vmap", s)] = dict(compile_ms=ms_v, **timing.cost(comp_v),
-                                 **timing.memory(comp_v))
-        meta[("sequential", s)] = dict(compile_ms=ms_s,
-                                       **timing.cost(comp_s),
-                                       **timing.memory(comp_s))
+        per = [
+          (
+            jax.tree.map(lambda a, i=i: a[i], params),
+            jax.tree.map(lambda a, i=i: a[i], opt_state),
+            model.batch,
+            step_keys[i],
+          )
+          for i in range(s)
+        ]
+        calls[("vmap", s)] = lambda cc=comp_v, a=args: timing.block(cc(*a))
+        calls[("sequential", s)] = lambda cc=comp_s, per=per: timing.block(
+          [cc(*a) for a in per]
+        )
+        meta[("vmap", s)] = dict(
+          compile_ms=ms_v, **timing.cost(comp_v), **timing.memory(comp_v)
+        )
+        meta[("sequential", s)] = dict(
+          compile_ms=ms_s, **timing.cost(comp_s), **timing.memory(comp_s)
+        )
       self.log(f"[seeds] {r}: S in {list(c['seed_counts'])}")
-      times = timing.time_interleaved(calls, repeats=c["seed_repeats"],
-                                      warmup=c["warmup"])
+      times = timing.time_interleaved(
+        calls, repeats=c["seed_repeats"], warmup=c["warmup"]
+      )
       for (mode, s), t in times.items():
         summ = timing.summary(t)
-        rec = dict(experiment="seeds", framework="jax", model=model.name,
-                   regimen=r, batch=model.config["batch"],
-                   width=model.config["layer_sizes"][1], seeds=s, mode=mode,
-                   **summ, per_seed_ms=summ["median_ms"] / s,
-                   ratio_vmap_to_sequential=timing.paired_ratio(
-                       times[("vmap", s)], times[("sequential", s)]))
+        rec = dict(
+          experiment="seeds",
+          framework="jax",
+          model=model.name,
+          regimen=r,
+          batch=model.config["batch"],
+          width=model.config["layer_sizes"][1],
+          seeds=s,
+          mode=mode,
+          **summ,
+          per_seed_ms=summ["median_ms"] / s,
+          ratio_vmap_to_sequential=timing.paired_ratio(
+            times[("vmap", s)], times[("sequential", s)]
+          ),
+        )
         rec.update(meta[(mode, s)])
         if mode == "sequential":
-          rec["note"] = ("flops/peak are those of one single-seed step; it "
-                         "runs S times")
+          rec["note"] = (
+            "flops/peak are those of one single-seed step; it runs S times"
+          )
         self.records.append(rec)
 
   def data_parallel(self):
     from benchmarks import data_parallel
+
     c = self.cfg
-    self.log(f"[data_parallel] {c['dp_devices']} fake CPU devices "
-             "(subprocess)")
-    res = data_parallel.run(devices=c["dp_devices"], width=c["width"],
-                            batch=c["batch"], repeats=c["dp_repeats"],
-                            warmup=c["warmup"], regimens=c["dp_regimens"])
+    self.log(f"[data_parallel] {c['dp_devices']} fake CPU devices (subprocess)")
+    res = data_parallel.run(
+      devices=c["dp_devices"],
+      width=c["width"],
+      batch=c["batch"],
+      repeats=c["dp_repeats"],
+      warmup=c["warmup"],
+      regimens=c["dp_regimens"],
+    )
     if res.get("error"):
       note = "data-parallel measurement failed: " + res["error"][-500:]
       self.notes.append(note)
@@ -322,18 +447,21 @@ def _rows(records, experiment):
 def render_markdown(result: dict) -> str:
   """All tables of a result as Markdown."""
   env, recs = result["environment"], result["records"]
-  out = [f"# dropjax benchmarks ({result['config_name']})", "",
-         f"- device: {env['device']} ({env['cpu_count']} CPU cores, "
-         f"{env['cpu']}), load average at start "
-         f"{env['load_average_1min']}",
-         "- versions: " + ", ".join(f"{k} {v}" for k, v in
-                                    env["versions"].items()),
-         f"- timestamp: {env['timestamp']}",
-         f"- command: `{result['command']}`",
-         "- step: jit(value_and_grad(objective) + Adam update); median of "
-         "interleaved rounds after warm-up; ratios are paired per round; "
-         "FLOPs are XLA's cost analysis of the compiled step; peak = "
-         "memory_analysis temp + argument + output - alias.", ""]
+  out = [
+    f"# dropjax benchmarks ({result['config_name']})",
+    "",
+    f"- device: {env['device']} ({env['cpu_count']} CPU cores, "
+    f"{env['cpu']}), load average at start "
+    f"{env['load_average_1min']}",
+    "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+    f"- timestamp: {env['timestamp']}",
+    f"- command: `{result['command']}`",
+    "- step: jit(value_and_grad(objective) + Adam update); median of "
+    "interleaved rounds after warm-up; ratios are paired per round; "
+    "FLOPs are XLA's cost analysis of the compiled step; peak = "
+    "memory_analysis temp + argument + output - alias.",
+    "",
+  ]
   for n in result.get("notes", []):
     out.append(f"> {n}")
   out.append("")
@@ -342,60 +470,104 @@ def render_markdown(result: dict) -> str:
     out += ["## Regimens", "", timing.markdown_table(main, COLUMNS_MAIN), ""]
   peer = _rows(recs, "torch_peer")
   if peer:
-    out += ["## PyTorch peer (same MLP, same math, same CPU threads)", "",
-            timing.markdown_table(peer, [
-                ("framework", "framework", ""),
-                ("torch_threads", "torch threads", "d"),
-                ("regimen", "regimen", ""),
-                ("median_ms", "median ms", ".2f"),
-                ("ratio_to_dropout", "time / own dropout", ".2f"),
-                ("ratio_dropjax_to_pytorch", "dropjax / PyTorch", ".3f")]),
-            ""]
-  for exp, title in (("batch_scaling", "Batch size"),
-                     ("width_scaling", "Width")):
+    out += [
+      "## PyTorch peer (same MLP, same math, same CPU threads)",
+      "",
+      timing.markdown_table(
+        peer,
+        [
+          ("framework", "framework", ""),
+          ("torch_threads", "torch threads", "d"),
+          ("regimen", "regimen", ""),
+          ("median_ms", "median ms", ".2f"),
+          ("ratio_to_dropout", "time / own dropout", ".2f"),
+          ("ratio_dropjax_to_pytorch", "dropjax / PyTorch", ".3f"),
+        ],
+      ),
+      "",
+    ]
+  for exp, title in (
+    ("batch_scaling", "Batch size"),
+    ("width_scaling", "Width"),
+  ):
     rows = _rows(recs, exp)
     if rows:
-      out += [f"## Scaling: {title.lower()}", "", timing.markdown_table(rows, [
-          ("model", "model", ""), ("batch", "batch", "d"),
-          ("regimen", "regimen", ""), ("median_ms", "median ms", ".2f"),
-          ("ratio_to_dropout", "time / dropout", ".2f"),
-          ("flops", "GFLOP", ""),
-          ("flop_ratio_to_dropout", "FLOP / dropout", ".2f"),
-          ("peak_mib", "peak MiB", ".1f")]), ""]
+      out += [
+        f"## Scaling: {title.lower()}",
+        "",
+        timing.markdown_table(
+          rows,
+          [
+            ("model", "model", ""),
+            ("batch", "batch", "d"),
+            ("regimen", "regimen", ""),
+            ("median_ms", "median ms", ".2f"),
+            ("ratio_to_dropout", "time / dropout", ".2f"),
+            ("flops", "GFLOP", ""),
+            ("flop_ratio_to_dropout", "FLOP / dropout", ".2f"),
+            ("peak_mib", "peak MiB", ".1f"),
+          ],
+        ),
+        "",
+      ]
   rows = _rows(recs, "seeds")
   if rows:
-    out += ["## Seeds: vmap over S seeds vs S steps one after another", "",
-            timing.markdown_table(rows, [
-                ("regimen", "regimen", ""), ("seeds", "S", "d"),
-                ("mode", "mode", ""), ("median_ms", "median ms", ".2f"),
-                ("per_seed_ms", "ms per seed", ".2f"),
-                ("ratio_vmap_to_sequential", "vmap / sequential", ".2f"),
-                ("compile_ms", "compile ms", ".0f"),
-                ("peak_mib", "peak MiB", ".1f")]), ""]
+    out += [
+      "## Seeds: vmap over S seeds vs S steps one after another",
+      "",
+      timing.markdown_table(
+        rows,
+        [
+          ("regimen", "regimen", ""),
+          ("seeds", "S", "d"),
+          ("mode", "mode", ""),
+          ("median_ms", "median ms", ".2f"),
+          ("per_seed_ms", "ms per seed", ".2f"),
+          ("ratio_vmap_to_sequential", "vmap / sequential", ".2f"),
+          ("compile_ms", "compile ms", ".0f"),
+          ("peak_mib", "peak MiB", ".1f"),
+        ],
+      ),
+      "",
+    ]
   rows = _rows(recs, "data_parallel")
   if rows:
-    out += ["## Data parallel (fake CPU devices sharing the same cores)", "",
-            timing.markdown_table(rows, [
-                ("regimen", "regimen", ""), ("devices", "devices", "d"),
-                ("median_ms", "median ms", ".2f"),
-                ("ratio_to_one_device", "time / 1 device", ".2f"),
-                ("compile_ms", "compile ms", ".0f"),
-                ("flops", "GFLOP", ""), ("peak_mib", "peak MiB", ".1f")]),
-            ""]
+    out += [
+      "## Data parallel (fake CPU devices sharing the same cores)",
+      "",
+      timing.markdown_table(
+        rows,
+        [
+          ("regimen", "regimen", ""),
+          ("devices", "devices", "d"),
+          ("median_ms", "median ms", ".2f"),
+          ("ratio_to_one_device", "time / 1 device", ".2f"),
+          ("compile_ms", "compile ms", ".0f"),
+          ("flops", "GFLOP", ""),
+          ("peak_mib", "peak MiB", ".1f"),
+        ],
+      ),
+      "",
+    ]
   return "\n".join(out) + "\n"
 
 
-SINGLE_THREAD_FLAGS = ("--xla_cpu_multi_thread_eigen=false "
-                       "intra_op_parallelism_threads=1")
+SINGLE_THREAD_FLAGS = (
+  "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+)
 
 
 def _single_thread_xla() -> None:
   from jax._src import xla_bridge
+
   if xla_bridge.backends_are_initialized():
-    raise RuntimeError("--single-thread must be set before JAX starts its "
-                       "backend (run benchmarks.run as a fresh process).")
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
-                             + SINGLE_THREAD_FLAGS).strip()
+    raise RuntimeError(
+      "--single-thread must be set before JAX starts its "
+      "backend (run benchmarks.run as a fresh process)."
+    )
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_FLAGS
+  ).strip()
 
 
 SECTIONS = ("regimens", "torch_peer", "scaling", "seeds", "data_parallel")
@@ -404,22 +576,42 @@ SECTIONS = ("regimens", "torch_peer", "scaling", "seeds", "data_parallel")
 def main(argv: Sequence[str] | None = None) -> dict:
   """Runs the benchmarks; returns the result dict (also written to --out)."""
   ap = argparse.ArgumentParser(
-      prog="python -m benchmarks.run",
-      description="Time every dropjax regimen's training step.")
-  ap.add_argument("--out", required=True, help="JSON output path; the "
-                  "Markdown table goes next to it (.md).")
+    prog="python -m benchmarks.run",
+    description="Time every dropjax regimen's training step.",
+  )
+  ap.add_argument(
+    "--out",
+    required=True,
+    help="JSON output path; the Markdown table goes next to it (.md).",
+  )
   size = ap.add_mutually_exclusive_group()
-  size.add_argument("--quick", action="store_true",
-                    help="fewer repeats and scaling points (~2 min, 2 cores)")
-  size.add_argument("--micro", action="store_true",
-                    help="tiny models, 2 repeats (smoke test)")
-  ap.add_argument("--sections", nargs="+", choices=SECTIONS,
-                  default=list(SECTIONS), help="what to run (default: all)")
-  ap.add_argument("--repeats", type=int, default=None,
-                  help="override the number of timed rounds")
-  ap.add_argument("--single-thread", action="store_true",
-                  help="XLA and PyTorch on one thread each (XLA_FLAGS set "
-                  "before JAX starts its backend)")
+  size.add_argument(
+    "--quick",
+    action="store_true",
+    help="fewer repeats and scaling points (~2 min, 2 cores)",
+  )
+  size.add_argument(
+    "--micro", action="store_true", help="tiny models, 2 repeats (smoke test)"
+  )
+  ap.add_argument(
+    "--sections",
+    nargs="+",
+    choices=SECTIONS,
+    default=list(SECTIONS),
+    help="what to run (default: all)",
+  )
+  ap.add_argument(
+    "--repeats",
+    type=int,
+    default=None,
+    help="override the number of timed rounds",
+  )
+  ap.add_argument(
+    "--single-thread",
+    action="store_true",
+    help="XLA and PyTorch on one thread each (XLA_FLAGS set "
+    "before JAX starts its backend)",
+  )
   args = ap.parse_args(argv)
   if args.single_thread:
     _single_thread_xla()
@@ -441,26 +633,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if s in sections:
       getattr(suite, s)()
   result = {
-      "config_name": name,
-      "command": "python -m benchmarks.run " + " ".join(
-          sys.argv[1:] if argv is None else argv),
-      "environment": env,
-      "device": env["device"],
-      "versions": env["versions"],
-      "timestamp": env["timestamp"],
-      "config": {k: (list(v) if isinstance(v, tuple) else v)
-                 for k, v in cfg.items()},
-      "notes": suite.notes,
-      "wall_s": time.perf_counter() - t0,
-      "records": suite.records,
+    "config_name": name,
+    "command": "python -m benchmarks.run "
+    + " ".join(sys.argv[1:] if argv is None else argv),
+    "environment": env,
+    "device": env["device"],
+    "versions": env["versions"],
+    "timestamp": env["timestamp"],
+    "config": {
+      k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()
+    },
+    "notes": suite.notes,
+    "wall_s": time.perf_counter() - t0,
+    "records": suite.records,
   }
   md = render_markdown(result)
   timing.write_json_atomic(args.out, result)
   md_path = os.path.splitext(args.out)[0] + ".md"
   timing.write_text_atomic(md_path, md)
   print(md)
-  print(f"wrote {args.out} and {md_path} ({result['wall_s']:.0f} s)",
-        file=sys.stderr)
+  print(
+    f"wrote {args.out} and {md_path} ({result['wall_s']:.0f} s)",
+    file=sys.stderr,
+  )
   return result
 
 

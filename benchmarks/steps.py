@@ -18,8 +18,16 @@ import optax
 from dropjax import models as _models
 from dropjax import objectives as _objectives
 
-REGIMENS = ("none", "dropout", "dropout_k1", "dropout_k4", "dropout_k8",
-            "explicit", "implicit", "explicit_implicit")
+REGIMENS = (
+  "none",
+  "dropout",
+  "dropout_k1",
+  "dropout_k4",
+  "dropout_k8",
+  "explicit",
+  "implicit",
+  "explicit_implicit",
+)
 """Regimens of the main table. ``dropout`` is DROPOUT_1, the reference of every
 ratio; ``dropout_k1`` is the same objective built and compiled separately, so
 its ratio to ``dropout`` (ideally 1) shows the measurement noise."""
@@ -41,6 +49,7 @@ class Model:
     has_aux: ``apply`` returns ``(outputs, aux)``.
     config: the model's size parameters (for the results file).
   """
+
   name: str
   apply: Callable
   params: Any
@@ -51,9 +60,16 @@ class Model:
   config: dict
 
 
-def mlp(*, width: int = 1024, depth: int = 2, batch: int = 128,
-        d_in: int = 784, n_out: int = 10, rate: float = 0.5,
-        seed: int = 0) -> Model:
+def mlp(
+  *,
+  width: int = 1024,
+  depth: int = 2,
+  batch: int = 128,
+  d_in: int = 784,
+  n_out: int = 10,
+  rate: float = 0.5,
+  seed: int = 0,
+) -> Model:
   """The Flax NNX MLP of :mod:`dropjax.models` with a random batch.
 
   ``d_in - width x depth - n_out``, ``Dense -> ReLU -> site`` per hidden
@@ -61,18 +77,33 @@ def mlp(*, width: int = 1024, depth: int = 2, batch: int = 128,
   """
   sizes = (d_in,) + (width,) * depth + (n_out,)
   apply, params, rates = _models.make_model(
-      "mlp", key=seed, layer_sizes=sizes, dropout_rate=rate)
+    "mlp", key=seed, layer_sizes=sizes, dropout_rate=rate
+  )
   kx, ky = jax.random.split(jax.random.key(seed + 1))
   x = jax.random.normal(kx, (batch, d_in), jnp.float32)
   y = jax.random.randint(ky, (batch,), 0, n_out)
-  return Model("mlp-" + "-".join(map(str, sizes)), apply, params, rates, {},
-               (x, y), False,
-               {"layer_sizes": list(sizes), "batch": batch, "rate": rate})
+  return Model(
+    "mlp-" + "-".join(map(str, sizes)),
+    apply,
+    params,
+    rates,
+    {},
+    (x, y),
+    False,
+    {"layer_sizes": list(sizes), "batch": batch, "rate": rate},
+  )
 
 
-def char_lstm(*, vocab: int = 96, embed_dim: int = 64, hidden: int = 256,
-              layers: int = 2, batch: int = 32, seq_len: int = 64,
-              seed: int = 0) -> Model | None:
+def char_lstm(
+  *,
+  vocab: int = 96,
+  embed_dim: int = 64,
+  hidden: int = 256,
+  layers: int = 2,
+  batch: int = 32,
+  seq_len: int = 64,
+  seed: int = 0,
+) -> Model | None:
   """The character-level LSTM of ``dropjax.models.lstm``, or ``None`` where
   that module does not exist.
 
@@ -84,18 +115,31 @@ def char_lstm(*, vocab: int = 96, embed_dim: int = 64, hidden: int = 256,
   except ImportError:
     return None
   apply, params, spec, model = _lstm.make_lm(
-      vocab, key=seed, embed_dim=embed_dim, hidden_size=hidden,
-      num_layers=layers)
+    vocab, key=seed, embed_dim=embed_dim, hidden_size=hidden, num_layers=layers
+  )
   kx, ky = jax.random.split(jax.random.key(seed + 1))
   tokens = jax.random.randint(kx, (batch, seq_len), 0, vocab)
   targets = jax.random.randint(ky, (batch, seq_len), 0, vocab)
   carry = model.initial_carry(batch)
   name = f"char-lstm-V{vocab}-E{embed_dim}-H{hidden}x{layers}"
-  return Model(name, apply, params, dict(spec.rates),
-               dict(spec.broadcast_axes), ((tokens, carry), targets), True,
-               {"vocab": vocab, "embed_dim": embed_dim, "hidden": hidden,
-                "layers": layers, "batch": batch, "seq_len": seq_len,
-                "rates": dict(spec.rates)})
+  return Model(
+    name,
+    apply,
+    params,
+    dict(spec.rates),
+    dict(spec.broadcast_axes),
+    ((tokens, carry), targets),
+    True,
+    {
+      "vocab": vocab,
+      "embed_dim": embed_dim,
+      "hidden": hidden,
+      "layers": layers,
+      "batch": batch,
+      "seq_len": seq_len,
+      "rates": dict(spec.rates),
+    },
+  )
 
 
 def objective(regimen: str, model: Model):
@@ -104,18 +148,23 @@ def objective(regimen: str, model: Model):
   if regimen == "none":
     return _objectives.none(model.apply, **kw)
   if regimen == "dropout" or regimen.startswith("dropout_k"):
-    k = 1 if regimen == "dropout" else int(regimen[len("dropout_k"):])
-    return _objectives.dropout_k(model.apply, rates=model.rates, k=k,
-                                 broadcast_axes=model.broadcast_axes or None,
-                                 **kw)
+    k = 1 if regimen == "dropout" else int(regimen[len("dropout_k") :])
+    return _objectives.dropout_k(
+      model.apply,
+      rates=model.rates,
+      k=k,
+      broadcast_axes=model.broadcast_axes or None,
+      **kw,
+    )
   if regimen == "explicit":
     return _objectives.explicit(model.apply, rates=model.rates, **kw)
   if regimen == "implicit":
     return _objectives.implicit(model.apply, rates=model.rates, **kw)
   if regimen == "explicit_implicit":
     return _objectives.explicit_implicit(model.apply, rates=model.rates, **kw)
-  raise ValueError(f"unknown benchmark regimen {regimen!r}; valid: "
-                   f"{', '.join(REGIMENS)}.")
+  raise ValueError(
+    f"unknown benchmark regimen {regimen!r}; valid: {', '.join(REGIMENS)}."
+  )
 
 
 def optimizer() -> optax.GradientTransformation:
@@ -127,8 +176,7 @@ def make_step(obj, opt: optax.GradientTransformation):
   """``step(params, opt_state, batch, key) -> (params, opt_state, loss)``."""
 
   def step(params, opt_state, batch, key):
-    (loss, _), grads = jax.value_and_grad(obj, has_aux=True)(
-        params, batch, key)
+    (loss, _), grads = jax.value_and_grad(obj, has_aux=True)(params, batch, key)
     updates, opt_state = opt.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -137,12 +185,17 @@ def make_step(obj, opt: optax.GradientTransformation):
 
 def step_args(model: Model, opt: optax.GradientTransformation, seed: int = 0):
   """``(params, opt_state, batch, key)`` for one call of a step."""
-  return (model.params, opt.init(model.params), model.batch,
-          jax.random.key(seed + 2))
+  return (
+    model.params,
+    opt.init(model.params),
+    model.batch,
+    jax.random.key(seed + 2),
+  )
 
 
-def analytic_terms(apply, params, x, y, *, rates, y_hat, signs,
-                   has_aux: bool = False) -> dict[str, Any]:
+def analytic_terms(
+  apply, params, x, y, *, rates, y_hat, signs, has_aux: bool = False
+) -> dict[str, Any]:
   """dropjax's ``L̄``, ``R_exp`` and ``R_imp`` with given sampled labels and
   signs (the deterministic parts of :func:`dropjax.objectives.analytic`).
 
@@ -154,12 +207,19 @@ def analytic_terms(apply, params, x, y, *, rates, y_hat, signs,
   from dropjax import implicit as _implicit
   from dropjax import losses as _losses
   from dropjax import sites as _sites
+
   lin = _sites.linearize_sites(apply, params, x, has_aux=has_aux)
   site_rates = _sites.resolve_rates(rates, lin.activations)
   data = _losses.mean_loss("softmax_cross_entropy", lin.outputs, y)
   r_exp = _explicit.explicit_from_linearization(
-      lin, site_rates, estimator="true_label", y=y_hat)
+    lin, site_rates, estimator="true_label", y=y_hat
+  )
   r_imp = _implicit.implicit_from_linearization(
-      lin, site_rates, y=y, key=None, signs=signs)
-  return {"data": data, "explicit": r_exp, "implicit": r_imp,
-          "total": data + r_exp + r_imp}
+    lin, site_rates, y=y, key=None, signs=signs
+  )
+  return {
+    "data": data,
+    "explicit": r_exp,
+    "implicit": r_imp,
+    "total": data + r_exp + r_imp,
+  }

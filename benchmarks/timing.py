@@ -59,8 +59,10 @@ def cost(compiled) -> dict[str, float | None]:
     ca = {}
   flops = ca.get("flops")
   acc = ca.get("bytes accessed")
-  return {"flops": None if flops is None else float(flops),
-          "bytes_accessed": None if acc is None else float(acc)}
+  return {
+    "flops": None if flops is None else float(flops),
+    "bytes_accessed": None if acc is None else float(acc),
+  }
 
 
 def memory(compiled) -> dict[str, Any]:
@@ -82,17 +84,22 @@ def memory(compiled) -> dict[str, Any]:
   arg = int(m.argument_size_in_bytes)
   out = int(m.output_size_in_bytes)
   alias = int(getattr(m, "alias_size_in_bytes", 0))
-  return {"peak_bytes": temp + arg + out - alias, "temp_bytes": temp,
-          "argument_bytes": arg, "output_bytes": out, "alias_bytes": alias,
-          "peak_bytes_source": "memory_analysis: temp + argument + output "
-                               "- alias"}
+  return {
+    "peak_bytes": temp + arg + out - alias,
+    "temp_bytes": temp,
+    "argument_bytes": arg,
+    "output_bytes": out,
+    "alias_bytes": alias,
+    "peak_bytes_source": "memory_analysis: temp + argument + output - alias",
+  }
 
 
 # ------------------------------------------------------------------- timing
 
 
-def time_interleaved(calls: Mapping[str, Callable[[], Any]], *,
-                     repeats: int, warmup: int = 3) -> dict[str, list[float]]:
+def time_interleaved(
+  calls: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int = 3
+) -> dict[str, list[float]]:
   """Times several steps side by side.
 
   Args:
@@ -127,8 +134,13 @@ def summary(seconds: Sequence[float]) -> dict[str, float]:
     q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")
   else:
     q1 = q3 = ms[0]
-  return {"median_ms": statistics.median(ms), "p25_ms": q1, "p75_ms": q3,
-          "min_ms": ms[0], "n_runs": len(ms)}
+  return {
+    "median_ms": statistics.median(ms),
+    "p25_ms": q1,
+    "p75_ms": q3,
+    "min_ms": ms[0],
+    "n_runs": len(ms),
+  }
 
 
 def paired_ratio(seconds: Sequence[float], reference: Sequence[float]) -> float:
@@ -156,17 +168,21 @@ def environment() -> dict[str, Any]:
   """Device, CPU, library versions and a UTC timestamp."""
   dev = jax.devices()[0]
   return {
-      "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
-      "device_count": jax.device_count(),
-      "cpu": platform.processor() or platform.machine(),
-      "cpu_count": os.cpu_count(),
-      "load_average_1min": (os.getloadavg()[0] if hasattr(os, "getloadavg")
-                            else None),
-      "python": platform.python_version(),
-      "versions": {m: _version(m) for m in
-                   ("jax", "jaxlib", "flax", "optax", "numpy", "torch")},
-      "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec="seconds"),
+    "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+    "device_count": jax.device_count(),
+    "cpu": platform.processor() or platform.machine(),
+    "cpu_count": os.cpu_count(),
+    "load_average_1min": (
+      os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    ),
+    "python": platform.python_version(),
+    "versions": {
+      m: _version(m)
+      for m in ("jax", "jaxlib", "flax", "optax", "numpy", "torch")
+    },
+    "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec="seconds"
+    ),
   }
 
 
@@ -176,7 +192,9 @@ def environment() -> dict[str, Any]:
 def _write_atomic(path: str, text: str) -> None:
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+  fd, tmp = tempfile.mkstemp(
+    dir=d, prefix=".tmp-", suffix=os.path.basename(path)
+  )
   try:
     with os.fdopen(fd, "w") as f:
       f.write(text)
@@ -205,13 +223,15 @@ def _fmt(v, spec: str) -> str:
   return format(v, spec)
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]],
-                   columns: Sequence[tuple[str, str, str]]) -> str:
+def markdown_table(
+  rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]]
+) -> str:
   """A Markdown table; ``columns`` are ``(key, header, format spec)``."""
   head = "| " + " | ".join(h for _, h, _ in columns) + " |"
   rule = "|" + "|".join("---" for _ in columns) + "|"
   lines = [head, rule]
   for r in rows:
-    lines.append("| " + " | ".join(_fmt(r.get(k), s) for k, _, s in columns)
-                 + " |")
+    lines.append(
+      "| " + " | ".join(_fmt(r.get(k), s) for k, _, s in columns) + " |"
+    )
   return "\n".join(lines)

@@ -59,8 +59,10 @@ def mlp_weights(params) -> list[tuple[np.ndarray, np.ndarray]]:
   of :func:`dropjax.models.make_model` ``("mlp")`` (``hidden_*`` sorted,
   then ``output``)."""
   names = sorted(n for n in params if n != "output") + ["output"]
-  return [(np.asarray(params[n]["kernel"]), np.asarray(params[n]["bias"]))
-          for n in names]
+  return [
+    (np.asarray(params[n]["kernel"]), np.asarray(params[n]["bias"]))
+    for n in names
+  ]
 
 
 class PeerMLP:
@@ -71,15 +73,18 @@ class PeerMLP:
     dtype: ``torch.float32`` or ``torch.float64``.
   """
 
-  def __init__(self, weights: Sequence[tuple[np.ndarray, np.ndarray]],
-               dtype=None):
+  def __init__(
+    self, weights: Sequence[tuple[np.ndarray, np.ndarray]], dtype=None
+  ):
     dtype = dtype or torch.float32
     self.params = []
     for w, b in weights:
-      self.params.append(torch.tensor(np.asarray(w), dtype=dtype,
-                                      requires_grad=True))
-      self.params.append(torch.tensor(np.asarray(b), dtype=dtype,
-                                      requires_grad=True))
+      self.params.append(
+        torch.tensor(np.asarray(w), dtype=dtype, requires_grad=True)
+      )
+      self.params.append(
+        torch.tensor(np.asarray(b), dtype=dtype, requires_grad=True)
+      )
 
   def forward(self, x, *, dropout_rates: Sequence[float] | None = None):
     """``(logits, [site activations])``; with ``dropout_rates``, inverted
@@ -96,9 +101,17 @@ class PeerMLP:
     return logits, acts
 
 
-def analytic_terms(model: PeerMLP, x, y, rates: Sequence[float], *,
-                   y_hat=None, signs=None, use_explicit: bool = True,
-                   use_implicit: bool = True) -> dict[str, Any]:
+def analytic_terms(
+  model: PeerMLP,
+  x,
+  y,
+  rates: Sequence[float],
+  *,
+  y_hat=None,
+  signs=None,
+  use_explicit: bool = True,
+  use_implicit: bool = True,
+) -> dict[str, Any]:
   """``L̄``, ``R_exp`` and ``R_imp`` from one clean forward pass.
 
   Args:
@@ -125,17 +138,26 @@ def analytic_terms(model: PeerMLP, x, y, rates: Sequence[float], *,
         y_hat = torch.multinomial(torch.softmax(logits, -1), 1).squeeze(1)
     sampled = F.cross_entropy(logits, y_hat)
     gs = torch.autograd.grad(sampled, acts, create_graph=True)
-    r_exp = sum(q / (2 * (1 - q)) * n * torch.sum(torch.square(v * g))
-                for v, g, q in zip(acts, gs, rates))
+    r_exp = sum(
+      q / (2 * (1 - q)) * n * torch.sum(torch.square(v * g))
+      for v, g, q in zip(acts, gs, rates)
+    )
   if use_implicit:
     grads = torch.autograd.grad(data, acts, create_graph=True)
     if signs is None:
-      signs = [torch.randint(0, 2, v.shape, dtype=v.dtype) * 2 - 1
-               for v in acts]
-    r_imp = sum(math.sqrt(q / (1 - q)) * torch.sum(a * s * v)
-                for v, a, s, q in zip(acts, grads, signs, rates))
-  return {"data": data, "explicit": r_exp, "implicit": r_imp,
-          "total": data + r_exp + r_imp}
+      signs = [
+        torch.randint(0, 2, v.shape, dtype=v.dtype) * 2 - 1 for v in acts
+      ]
+    r_imp = sum(
+      math.sqrt(q / (1 - q)) * torch.sum(a * s * v)
+      for v, a, s, q in zip(acts, grads, signs, rates)
+    )
+  return {
+    "data": data,
+    "explicit": r_exp,
+    "implicit": r_imp,
+    "total": data + r_exp + r_imp,
+  }
 
 
 class PeerTrainer:
@@ -165,12 +187,17 @@ class PeerTrainer:
       total = F.cross_entropy(logits, self.y)
     elif regimen in ("explicit", "implicit", "explicit_implicit"):
       total = analytic_terms(
-          self.model, self.x, self.y, self.rates,
-          use_explicit=regimen != "implicit",
-          use_implicit=regimen != "explicit")["total"]
+        self.model,
+        self.x,
+        self.y,
+        self.rates,
+        use_explicit=regimen != "implicit",
+        use_implicit=regimen != "explicit",
+      )["total"]
     else:
-      raise ValueError(f"unknown peer regimen {regimen!r}; valid: "
-                       f"{', '.join(self.REGIMENS)}.")
+      raise ValueError(
+        f"unknown peer regimen {regimen!r}; valid: {', '.join(self.REGIMENS)}."
+      )
     self.opt.zero_grad(set_to_none=True)
     total.backward()
     self.opt.step()

@@ -52,8 +52,9 @@ def check_rate(rate, *, name: str = "rate", upper_inclusive: bool = False):
     if not np.all((r >= 0.0) & hi_ok):
       interval = "[0, 1]" if upper_inclusive else "[0, 1)"
       raise ValueError(
-          f"{name} must lie in {interval} (it is a drop probability q), "
-          f"got {rate!r}.")
+        f"{name} must lie in {interval} (it is a drop probability q), "
+        f"got {rate!r}."
+      )
   return rate
 
 
@@ -66,13 +67,15 @@ def _normalise_axes(axes: Sequence[int], ndim: int) -> tuple[int, ...]:
   for a in axes:
     if not -ndim <= a < ndim:
       raise ValueError(
-          f"broadcast axis {a} is out of range for an array of rank {ndim}.")
+        f"broadcast axis {a} is out of range for an array of rank {ndim}."
+      )
     out.append(a % ndim)
   return tuple(sorted(set(out)))
 
 
-def dropout_mask(key: Array, shape: Sequence[int], rate, *,
-                 broadcast_axes: Sequence[int] = ()) -> Array:
+def dropout_mask(
+  key: Array, shape: Sequence[int], rate, *, broadcast_axes: Sequence[int] = ()
+) -> Array:
   """Draws a Bernoulli keep-mask (``True`` = kept) with ``P(keep) = 1 - rate``.
 
   Args:
@@ -91,12 +94,14 @@ def dropout_mask(key: Array, shape: Sequence[int], rate, *,
   check_rate(rate)
   axes = _normalise_axes(broadcast_axes, len(shape))
   mask_shape = tuple(1 if i in axes else d for i, d in enumerate(shape))
-  return jax.random.bernoulli(key, 1.0 - jnp.asarray(rate, jnp.float32),
-                              mask_shape)
+  return jax.random.bernoulli(
+    key, 1.0 - jnp.asarray(rate, jnp.float32), mask_shape
+  )
 
 
-def dropout(key: Array, x: Array, rate, *,
-            broadcast_axes: Sequence[int] = ()) -> Array:
+def dropout(
+  key: Array, x: Array, rate, *, broadcast_axes: Sequence[int] = ()
+) -> Array:
   r"""Inverted Bernoulli dropout, ``x * m / (1 - q)`` with ``m ~ Bernoulli(1 - q)``.
 
   Each element is kept with probability ``1 - q`` and rescaled by
@@ -164,8 +169,9 @@ def gaussian_dropout(key: Array, x: Array, rate) -> Array:
 def _as_columns(w: Array) -> Array:
   if w.ndim < 2:
     raise ValueError(
-        "targeted dropout acts on kernels of rank >= 2 viewed as "
-        f"(fan_in, n_out); got shape {w.shape}.")
+      "targeted dropout acts on kernels of rank >= 2 viewed as "
+      f"(fan_in, n_out); got shape {w.shape}."
+    )
   return w.reshape(-1, w.shape[-1])
 
 
@@ -261,13 +267,15 @@ def targeted_weight_dropout(key: Array, w: Array, *, gamma, alpha) -> Array:
   """
   _check_fraction(alpha, "alpha")
   cand = targeted_weight_candidates(w, gamma)
-  drop = cand & jax.random.bernoulli(key, jnp.asarray(alpha, jnp.float32),
-                                     w.shape)
+  drop = cand & jax.random.bernoulli(
+    key, jnp.asarray(alpha, jnp.float32), w.shape
+  )
   return jnp.where(drop, jnp.zeros((), w.dtype), w)
 
 
-def targeted_unit_dropout(key: Array, w: Array, *, gamma, alpha,
-                          elementwise: bool = False) -> Array:
+def targeted_unit_dropout(
+  key: Array, w: Array, *, gamma, alpha, elementwise: bool = False
+) -> Array:
   """Targeted unit dropout (Gomez et al. 2019, section 3; ``for-ai/TD``).
 
   Output units (columns of the ``(fan_in, n_out)`` view) are ranked by the L2
@@ -301,6 +309,7 @@ def targeted_unit_dropout(key: Array, w: Array, *, gamma, alpha,
   if elementwise:
     drop = cand & jax.random.bernoulli(key, a, w.shape)
   else:
-    drop = jnp.broadcast_to(cand & jax.random.bernoulli(key, a, cand.shape),
-                            w.shape)
+    drop = jnp.broadcast_to(
+      cand & jax.random.bernoulli(key, a, cand.shape), w.shape
+    )
   return jnp.where(drop, jnp.zeros((), w.dtype), w)

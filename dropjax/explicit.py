@@ -58,15 +58,16 @@ from dropjax import sites as _sites
 
 Array = jax.Array
 
-ESTIMATORS = ("sampled_label", "gauss_newton", "identity_hessian",
-              "true_label")
+ESTIMATORS = ("sampled_label", "gauss_newton", "identity_hessian", "true_label")
 
 
 def check_estimator(estimator: str) -> str:
   """Raises ``ValueError`` listing the valid estimators for an unknown name."""
   if estimator not in ESTIMATORS:
-    raise ValueError(f"unknown explicit-regularizer estimator {estimator!r}; "
-                     f"valid: {', '.join(ESTIMATORS)}.")
+    raise ValueError(
+      f"unknown explicit-regularizer estimator {estimator!r}; "
+      f"valid: {', '.join(ESTIMATORS)}."
+    )
   return estimator
 
 
@@ -75,18 +76,28 @@ def taylor_coefficient(rate) -> Array:
   return 0.5 * _sites.noise_variance(rate)
 
 
-def weighted_squares(activations: Mapping[str, Array],
-                     site_grads: Mapping[str, Array],
-                     coefficients: Mapping[str, Array]) -> Array:
+def weighted_squares(
+  activations: Mapping[str, Array],
+  site_grads: Mapping[str, Array],
+  coefficients: Mapping[str, Array],
+) -> Array:
   """``Σ_site c_site Σ_elements (v ⊙ g)²`` (scalar)."""
   total = 0.0
   for name, v in activations.items():
-    total = total + coefficients[name] * jnp.sum(jnp.square(v * site_grads[name]))
+    total = total + coefficients[name] * jnp.sum(
+      jnp.square(v * site_grads[name])
+    )
   return jnp.asarray(total)
 
 
-def explicit_targets(estimator: str, loss: str, outputs: Array, *,
-                     key: Array | None, y: Array | None) -> Array:
+def explicit_targets(
+  estimator: str,
+  loss: str,
+  outputs: Array,
+  *,
+  key: Array | None,
+  y: Array | None,
+) -> Array:
   """The labels whose loss gradient estimates ``diag(GN)``: sampled or true."""
   if estimator == "true_label":
     if y is None:
@@ -97,14 +108,17 @@ def explicit_targets(estimator: str, loss: str, outputs: Array, *,
   return _losses.sample_targets(loss, key, outputs)
 
 
-def explicit_from_linearization(lin: _sites.Linearization,
-                                rates: Mapping[str, Array], *,
-                                estimator: str = "sampled_label",
-                                loss: str = "softmax_cross_entropy",
-                                key: Array | None = None,
-                                y: Array | None = None,
-                                site_grads: Mapping[str, Array] | None = None,
-                                hessian_gradient: bool = False) -> Array:
+def explicit_from_linearization(
+  lin: _sites.Linearization,
+  rates: Mapping[str, Array],
+  *,
+  estimator: str = "sampled_label",
+  loss: str = "softmax_cross_entropy",
+  key: Array | None = None,
+  y: Array | None = None,
+  site_grads: Mapping[str, Array] | None = None,
+  hessian_gradient: bool = False,
+) -> Array:
   """``R_exp`` at ``scale = 1`` from a clean forward pass.
 
   Args:
@@ -143,8 +157,9 @@ def explicit_from_linearization(lin: _sites.Linearization,
       ct = jnp.zeros((n, k), outputs.dtype).at[pos].set(flat[pos, c])
       return lin.vjp(ct.reshape(outputs.shape))
 
-    grads = jax.vmap(jax.vmap(grads_for, in_axes=(None, 0)),
-                     in_axes=(0, None))(jnp.arange(n), jnp.arange(k))
+    grads = jax.vmap(jax.vmap(grads_for, in_axes=(None, 0)), in_axes=(0, None))(
+      jnp.arange(n), jnp.arange(k)
+    )
     total = 0.0
     for name, v in acts.items():
       diag = jnp.sum(jnp.square(grads[name]), axis=(0, 1)) / n
@@ -153,8 +168,9 @@ def explicit_from_linearization(lin: _sites.Linearization,
 
   # identity_hessian: Hutchinson with Rademacher signs, one JVP.
   if key is None:
-    raise ValueError("estimator='identity_hessian' is stochastic and needs a "
-                     "key.")
+    raise ValueError(
+      "estimator='identity_hessian' is stochastic and needs a key."
+    )
   tangents = {}
   for name, v in acts.items():
     s = jax.random.rademacher(_sites.site_key(key, name), v.shape, v.dtype)
@@ -164,14 +180,19 @@ def explicit_from_linearization(lin: _sites.Linearization,
   return h * jnp.sum(jnp.square(d)) / n
 
 
-def explicit_regularizer(apply: _sites.Apply, params, x, *,
-                         rates: _sites.Rates,
-                         key: Array | None = None,
-                         estimator: str = "sampled_label",
-                         loss: str = "softmax_cross_entropy",
-                         y: Array | None = None,
-                         scale=1.0,
-                         has_aux: bool = False) -> Array:
+def explicit_regularizer(
+  apply: _sites.Apply,
+  params,
+  x,
+  *,
+  rates: _sites.Rates,
+  key: Array | None = None,
+  estimator: str = "sampled_label",
+  loss: str = "softmax_cross_entropy",
+  y: Array | None = None,
+  scale=1.0,
+  has_aux: bool = False,
+) -> Array:
   r"""The explicit regularizer ``R_exp`` of dropout (arXiv:2002.12915).
 
   ``R_exp = scale · Σ_sites q/(2(1-q)) Σ_j v_j² [GN_v(L̄)]_jj`` with ``GN``
@@ -226,4 +247,5 @@ def explicit_regularizer(apply: _sites.Apply, params, x, *,
   lin = _sites.linearize_sites(apply, params, x, has_aux=has_aux)
   rates = _sites.resolve_rates(rates, lin.activations)
   return scale * explicit_from_linearization(
-      lin, rates, estimator=estimator, loss=loss, key=key, y=y)
+    lin, rates, estimator=estimator, loss=loss, key=key, y=y
+  )

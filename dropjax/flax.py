@@ -54,7 +54,8 @@ from dropjax.sites import Sites
 Array = jax.Array
 
 _ACTIVE_SITES: contextvars.ContextVar[Sites | None] = contextvars.ContextVar(
-    "dropjax_active_sites", default=None)
+  "dropjax_active_sites", default=None
+)
 
 
 @contextlib.contextmanager
@@ -93,22 +94,33 @@ class Dropout(nnx.Dropout):
     ValueError: for a rate outside ``[0, 1)`` or an empty site name.
   """
 
-  def __init__(self, rate: float, *, site: str,
-               broadcast_dims: Sequence[int] = (),
-               deterministic: bool | None = False,
-               rng_collection: str = "dropout",
-               rngs: nnx.Rngs | nnx.RngStream | None = None):
+  def __init__(
+    self,
+    rate: float,
+    *,
+    site: str,
+    broadcast_dims: Sequence[int] = (),
+    deterministic: bool | None = False,
+    rng_collection: str = "dropout",
+    rngs: nnx.Rngs | nnx.RngStream | None = None,
+  ):
     from dropjax.dropout import check_rate
+
     check_rate(rate)
     if not isinstance(site, str) or not site:
       raise ValueError(f"site must be a non-empty string, got {site!r}.")
-    super().__init__(rate, broadcast_dims=broadcast_dims,
-                     deterministic=deterministic,
-                     rng_collection=rng_collection, rngs=rngs)
+    super().__init__(
+      rate,
+      broadcast_dims=broadcast_dims,
+      deterministic=deterministic,
+      rng_collection=rng_collection,
+      rngs=rngs,
+    )
     self.site = site
 
-  def __call__(self, inputs, *, deterministic: bool | None = None,
-               rngs=None) -> Array:
+  def __call__(
+    self, inputs, *, deterministic: bool | None = None, rngs=None
+  ) -> Array:
     sites = _ACTIVE_SITES.get()
     if sites is not None:
       return sites(self.site, inputs)
@@ -123,6 +135,7 @@ class SiteSpec:
     rates: ``{site: q}`` from each layer's ``rate``.
     broadcast_axes: ``{site: axes}`` for layers with ``broadcast_dims``.
   """
+
   rates: dict[str, float]
   broadcast_axes: dict[str, tuple[int, ...]]
 
@@ -145,8 +158,9 @@ def site_spec(model: nnx.Module) -> SiteSpec:
   return SiteSpec(rates=rates, broadcast_axes=axes)
 
 
-def functional(model: nnx.Module, *, wrt=nnx.Param
-               ) -> tuple[Callable[[Any, Any, Sites], Any], dict]:
+def functional(
+  model: nnx.Module, *, wrt=nnx.Param
+) -> tuple[Callable[[Any, Any, Sites], Any], dict]:
   """Turns an NNX model into ``apply(params, x, sites)`` and a params dict.
 
   The model's ``wrt`` variables (``nnx.Param`` by default) become a plain

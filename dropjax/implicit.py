@@ -61,23 +61,28 @@ def packed_rademacher(key: Array, shape, dtype) -> Array:
   return (2 * bits.astype(dtype) - 1).astype(dtype)
 
 
-def rademacher_signs(key: Array, activations: Mapping[str, Array]
-                     ) -> dict[str, Array]:
+def rademacher_signs(
+  key: Array, activations: Mapping[str, Array]
+) -> dict[str, Array]:
   """Independent ±1 signs for every element of every site (per-site keys,
   :func:`packed_rademacher`)."""
-  return {n: packed_rademacher(_sites.site_key(key, n), v.shape, v.dtype)
-          for n, v in activations.items()}
+  return {
+    n: packed_rademacher(_sites.site_key(key, n), v.shape, v.dtype)
+    for n, v in activations.items()
+  }
 
 
-def implicit_from_linearization(lin: _sites.Linearization,
-                                rates: Mapping[str, Array], *,
-                                y: Array,
-                                key: Array,
-                                loss: str = "softmax_cross_entropy",
-                                scale=1.0,
-                                site_grads: Mapping[str, Array] | None = None,
-                                signs: Mapping[str, Array] | None = None
-                                ) -> Array:
+def implicit_from_linearization(
+  lin: _sites.Linearization,
+  rates: Mapping[str, Array],
+  *,
+  y: Array,
+  key: Array,
+  loss: str = "softmax_cross_entropy",
+  scale=1.0,
+  site_grads: Mapping[str, Array] | None = None,
+  signs: Mapping[str, Array] | None = None,
+) -> Array:
   """``R_imp`` from a clean forward pass (see :func:`implicit_regularizer`).
 
   Args:
@@ -106,12 +111,18 @@ def implicit_from_linearization(lin: _sites.Linearization,
   return jnp.asarray(total)
 
 
-def implicit_regularizer(apply: _sites.Apply, params, x, y, *,
-                         rates: _sites.Rates,
-                         key: Array,
-                         loss: str = "softmax_cross_entropy",
-                         scale=1.0,
-                         has_aux: bool = False) -> Array:
+def implicit_regularizer(
+  apply: _sites.Apply,
+  params,
+  x,
+  y,
+  *,
+  rates: _sites.Rates,
+  key: Array,
+  loss: str = "softmax_cross_entropy",
+  scale=1.0,
+  has_aux: bool = False,
+) -> Array:
   r"""The implicit regularizer ``R_imp`` (the paper's ``taylor_fo`` noise).
 
   ``R_imp = Σ_sites sqrt(scale · q/(1-q)) Σ_j (∂L̄/∂v)_j s_j v_j`` with fresh
@@ -143,5 +154,6 @@ def implicit_regularizer(apply: _sites.Apply, params, x, y, *,
   _losses.check_loss(loss)
   lin = _sites.linearize_sites(apply, params, x, has_aux=has_aux)
   rates = _sites.resolve_rates(rates, lin.activations)
-  return implicit_from_linearization(lin, rates, y=y, key=key, loss=loss,
-                                     scale=scale)
+  return implicit_from_linearization(
+    lin, rates, y=y, key=key, loss=loss, scale=scale
+  )

@@ -37,13 +37,15 @@ def check_loss(loss: str) -> str:
 
 
 def _check_targets(loss: str, outputs: Array, targets: Array):
-  want = outputs.shape[:-1] if loss == "softmax_cross_entropy" else outputs.shape
+  want = (
+    outputs.shape[:-1] if loss == "softmax_cross_entropy" else outputs.shape
+  )
   if tuple(targets.shape) != tuple(want):
-    what = ("int labels" if loss == "softmax_cross_entropy"
-            else "float targets")
+    what = "int labels" if loss == "softmax_cross_entropy" else "float targets"
     raise ValueError(
-        f"{loss}: outputs of shape {outputs.shape} need {what} of shape "
-        f"{tuple(want)}, got {tuple(targets.shape)}.")
+      f"{loss}: outputs of shape {outputs.shape} need {what} of shape "
+      f"{tuple(want)}, got {tuple(targets.shape)}."
+    )
 
 
 def per_position_loss(loss: str, outputs: Array, targets: Array) -> Array:
@@ -56,7 +58,8 @@ def per_position_loss(loss: str, outputs: Array, targets: Array) -> Array:
   _check_targets(loss, outputs, targets)
   if loss == "softmax_cross_entropy":
     return optax.losses.softmax_cross_entropy_with_integer_labels(
-        outputs, targets)
+      outputs, targets
+    )
   return 0.5 * jnp.sum(jnp.square(outputs - targets), axis=-1)
 
 

@@ -56,15 +56,21 @@ def _zero():
   return jnp.zeros((), jnp.float32)
 
 
-def _aux(data_loss, explicit=None, implicit=None, penalty=None,
-         model_aux=None, has_aux=False) -> dict:
+def _aux(
+  data_loss,
+  explicit=None,
+  implicit=None,
+  penalty=None,
+  model_aux=None,
+  has_aux=False,
+) -> dict:
   dt = jnp.result_type(data_loss)
   z = jnp.zeros((), dt)
   out = {
-      "data_loss": data_loss,
-      "explicit": z if explicit is None else explicit.astype(dt),
-      "implicit": z if implicit is None else implicit.astype(dt),
-      "penalty": z if penalty is None else penalty.astype(dt),
+    "data_loss": data_loss,
+    "explicit": z if explicit is None else explicit.astype(dt),
+    "implicit": z if implicit is None else implicit.astype(dt),
+    "penalty": z if penalty is None else penalty.astype(dt),
   }
   if has_aux:
     out["model_aux"] = model_aux
@@ -86,16 +92,21 @@ def _resolved_rates(apply, params, x, rates, has_aux):
 # ----------------------------------------------------------------- none / dropout
 
 
-def none(apply: _sites.Apply, *, loss: str = "softmax_cross_entropy",
-         has_aux: bool = False) -> Objective:
+def none(
+  apply: _sites.Apply,
+  *,
+  loss: str = "softmax_cross_entropy",
+  has_aux: bool = False,
+) -> Objective:
   """No regularization: ``L̄(y, apply(params, x))``."""
   _losses.check_loss(loss)
 
   def objective(params, batch, key):
     del key
     x, y = _split_batch(batch)
-    out, maux = _sites.call_apply(apply, params, x, _sites.identity_sites,
-                                  has_aux)
+    out, maux = _sites.call_apply(
+      apply, params, x, _sites.identity_sites, has_aux
+    )
     data = _losses.mean_loss(loss, out, y)
     return data, _aux(data, model_aux=maux, has_aux=has_aux)
 
@@ -104,17 +115,24 @@ def none(apply: _sites.Apply, *, loss: str = "softmax_cross_entropy",
 
 def _check_k(k):
   if not isinstance(k, int) or k < 1:
-    raise ValueError(f"k (number of dropout samples) must be an int >= 1, "
-                     f"got {k!r}.")
+    raise ValueError(
+      f"k (number of dropout samples) must be an int >= 1, got {k!r}."
+    )
 
 
-def dropout_family(apply: _sites.Apply, *, rates: _sites.Rates, k: int = 1,
-                   fix_noise: bool = False, implicit: bool = False,
-                   implicit_scale=None,
-                   broadcast_axes: Mapping[str, Sequence[int]] | None = None,
-                   noise: str = "bernoulli",
-                   loss: str = "softmax_cross_entropy",
-                   has_aux: bool = False) -> Objective:
+def dropout_family(
+  apply: _sites.Apply,
+  *,
+  rates: _sites.Rates,
+  k: int = 1,
+  fix_noise: bool = False,
+  implicit: bool = False,
+  implicit_scale=None,
+  broadcast_axes: Mapping[str, Sequence[int]] | None = None,
+  noise: str = "bernoulli",
+  loss: str = "softmax_cross_entropy",
+  has_aux: bool = False,
+) -> Objective:
   r"""DROPOUT_k and its noise-restoring variants (arXiv:2002.12915, Alg. 1).
 
   The loss is the mean over ``k`` independent dropout masks (``vmap``, not a
@@ -164,8 +182,9 @@ def dropout_family(apply: _sites.Apply, *, rates: _sites.Rates, k: int = 1,
     k_masks, k_imp = jax.random.split(key)
 
     def one(mask_key):
-      sites = _sites.dropout_sites(mask_key, site_rates,
-                                   broadcast_axes=broadcast_axes, noise=noise)
+      sites = _sites.dropout_sites(
+        mask_key, site_rates, broadcast_axes=broadcast_axes, noise=noise
+      )
       out, maux = _sites.call_apply(apply, params, x, sites, has_aux)
       return _losses.mean_loss(loss, out, y), maux
 
@@ -174,11 +193,14 @@ def dropout_family(apply: _sites.Apply, *, rates: _sites.Rates, k: int = 1,
     maux = jax.tree.map(lambda a: a[0], mauxes) if has_aux else None
     extra = None
     if fix_noise:
-      extra = math.sqrt(1.0 - 1.0 / k) * (losses[k] - losses[k + 1]) / math.sqrt(2.0)
+      extra = (
+        math.sqrt(1.0 - 1.0 / k) * (losses[k] - losses[k + 1]) / math.sqrt(2.0)
+      )
     if implicit:
       lin = _sites.linearize_sites(apply, params, x, has_aux=has_aux)
       r_imp = _implicit.implicit_from_linearization(
-          lin, site_rates, y=y, key=k_imp, loss=loss, scale=implicit_scale)
+        lin, site_rates, y=y, key=k_imp, loss=loss, scale=implicit_scale
+      )
       extra = r_imp if extra is None else extra + r_imp
     total = data if extra is None else data + extra
     return total, _aux(data, implicit=extra, model_aux=maux, has_aux=has_aux)
@@ -194,33 +216,54 @@ def dropout(apply: _sites.Apply, *, rates: _sites.Rates, **kwargs) -> Objective:
   return dropout_family(apply, rates=rates, k=1, **kwargs)
 
 
-def dropout_k(apply: _sites.Apply, *, rates: _sites.Rates, k: int,
-              **kwargs) -> Objective:
+def dropout_k(
+  apply: _sites.Apply, *, rates: _sites.Rates, k: int, **kwargs
+) -> Objective:
   """DROPOUT_k: ``k`` masks per step, gradients averaged (Algorithm 1)."""
   return dropout_family(apply, rates=rates, k=k, **kwargs)
 
 
-def dropout_k_fix_noise(apply: _sites.Apply, *, rates: _sites.Rates, k: int,
-                        **kwargs) -> Objective:
+def dropout_k_fix_noise(
+  apply: _sites.Apply, *, rates: _sites.Rates, k: int, **kwargs
+) -> Objective:
   """DROPOUT_k + fix-noise: DROPOUT_k's mean, DROPOUT_1's noise."""
   return dropout_family(apply, rates=rates, k=k, fix_noise=True, **kwargs)
 
 
-def dropout_k_implicit(apply: _sites.Apply, *, rates: _sites.Rates, k: int,
-                       implicit_scale=None, **kwargs) -> Objective:
+def dropout_k_implicit(
+  apply: _sites.Apply,
+  *,
+  rates: _sites.Rates,
+  k: int,
+  implicit_scale=None,
+  **kwargs,
+) -> Objective:
   """DROPOUT_k + the implicit regularizer with scale ``1 - 1/k``."""
-  return dropout_family(apply, rates=rates, k=k, implicit=True,
-                        implicit_scale=implicit_scale, **kwargs)
+  return dropout_family(
+    apply,
+    rates=rates,
+    k=k,
+    implicit=True,
+    implicit_scale=implicit_scale,
+    **kwargs,
+  )
 
 
 # ------------------------------------------------------------------ analytic
 
 
-def analytic(apply: _sites.Apply, *, rates: _sites.Rates,
-             use_explicit: bool = True, use_implicit: bool = True,
-             estimator: str = "sampled_label", explicit_scale=1.0,
-             implicit_scale=1.0, loss: str = "softmax_cross_entropy",
-             has_aux: bool = False) -> Objective:
+def analytic(
+  apply: _sites.Apply,
+  *,
+  rates: _sites.Rates,
+  use_explicit: bool = True,
+  use_implicit: bool = True,
+  estimator: str = "sampled_label",
+  explicit_scale=1.0,
+  implicit_scale=1.0,
+  loss: str = "softmax_cross_entropy",
+  has_aux: bool = False,
+) -> Objective:
   r"""``L̄ + R_exp + R_imp`` from one clean forward pass (Algorithm 2).
 
   The data loss, the explicit and the implicit terms share one forward pass;
@@ -269,52 +312,100 @@ def analytic(apply: _sites.Apply, *, rates: _sites.Rates,
     if use_explicit and estimator == "sampled_label":
       y_hat = _losses.sample_targets(loss, k_exp, lin.outputs)
       grads["sampled"] = lin.vjp(
-          _losses.loss_cotangent(loss, lin.outputs, y_hat))
+        _losses.loss_cotangent(loss, lin.outputs, y_hat)
+      )
 
     r_exp = r_imp = None
     if use_explicit:
-      sg = {"sampled_label": grads.get("sampled"),
-            "true_label": grads.get("true")}.get(estimator)
+      sg = {
+        "sampled_label": grads.get("sampled"),
+        "true_label": grads.get("true"),
+      }.get(estimator)
       r_exp = explicit_scale * _explicit.explicit_from_linearization(
-          lin, site_rates, estimator=estimator, loss=loss, key=k_exp, y=y,
-          site_grads=sg)
+        lin,
+        site_rates,
+        estimator=estimator,
+        loss=loss,
+        key=k_exp,
+        y=y,
+        site_grads=sg,
+      )
     if use_implicit:
       r_imp = _implicit.implicit_from_linearization(
-          lin, site_rates, y=y, key=k_imp, loss=loss, scale=implicit_scale,
-          site_grads=grads["true"])
+        lin,
+        site_rates,
+        y=y,
+        key=k_imp,
+        loss=loss,
+        scale=implicit_scale,
+        site_grads=grads["true"],
+      )
     total = data
     for r in (r_exp, r_imp):
       if r is not None:
         total = total + r
-    return total, _aux(data, explicit=r_exp, implicit=r_imp,
-                       model_aux=lin.aux, has_aux=has_aux)
+    return total, _aux(
+      data, explicit=r_exp, implicit=r_imp, model_aux=lin.aux, has_aux=has_aux
+    )
 
   return objective
 
 
-def explicit(apply: _sites.Apply, *, rates: _sites.Rates,
-             estimator: str = "sampled_label", scale=1.0,
-             **kwargs) -> Objective:
+def explicit(
+  apply: _sites.Apply,
+  *,
+  rates: _sites.Rates,
+  estimator: str = "sampled_label",
+  scale=1.0,
+  **kwargs,
+) -> Objective:
   """``L̄ + R_exp``: the explicit regularizer alone (deterministic apart from
   the sampled labels)."""
-  return analytic(apply, rates=rates, use_explicit=True, use_implicit=False,
-                  estimator=estimator, explicit_scale=scale, **kwargs)
+  return analytic(
+    apply,
+    rates=rates,
+    use_explicit=True,
+    use_implicit=False,
+    estimator=estimator,
+    explicit_scale=scale,
+    **kwargs,
+  )
 
 
-def implicit(apply: _sites.Apply, *, rates: _sites.Rates, scale=1.0,
-             **kwargs) -> Objective:
+def implicit(
+  apply: _sites.Apply, *, rates: _sites.Rates, scale=1.0, **kwargs
+) -> Objective:
   """``L̄ + R_imp``: dropout's gradient noise alone, without its bias."""
-  return analytic(apply, rates=rates, use_explicit=False, use_implicit=True,
-                  implicit_scale=scale, **kwargs)
+  return analytic(
+    apply,
+    rates=rates,
+    use_explicit=False,
+    use_implicit=True,
+    implicit_scale=scale,
+    **kwargs,
+  )
 
 
-def explicit_implicit(apply: _sites.Apply, *, rates: _sites.Rates,
-                      estimator: str = "sampled_label", explicit_scale=1.0,
-                      implicit_scale=1.0, **kwargs) -> Objective:
+def explicit_implicit(
+  apply: _sites.Apply,
+  *,
+  rates: _sites.Rates,
+  estimator: str = "sampled_label",
+  explicit_scale=1.0,
+  implicit_scale=1.0,
+  **kwargs,
+) -> Objective:
   """``L̄ + R_exp + R_imp``: the analytic replacement of dropout (Alg. 2)."""
-  return analytic(apply, rates=rates, use_explicit=True, use_implicit=True,
-                  estimator=estimator, explicit_scale=explicit_scale,
-                  implicit_scale=implicit_scale, **kwargs)
+  return analytic(
+    apply,
+    rates=rates,
+    use_explicit=True,
+    use_implicit=True,
+    estimator=estimator,
+    explicit_scale=explicit_scale,
+    implicit_scale=implicit_scale,
+    **kwargs,
+  )
 
 
 # ------------------------------------------------------- weight-level regimens
@@ -340,15 +431,16 @@ def hidden_kernels(params) -> LeafFilter:
   Targeted dropout's protocol leaves the logits layer alone; with layers
   named so that flatten order is depth order, the last kernel is the logits.
   """
-  leaves = [(path_str(p), l) for p, l in
-            jax.tree_util.tree_flatten_with_path(params)[0]
-            if _tree.is_kernel(l)]
+  leaves = [
+    (path_str(p), l)
+    for p, l in jax.tree_util.tree_flatten_with_path(params)[0]
+    if _tree.is_kernel(l)
+  ]
   last = leaves[-1][0] if leaves else None
   return lambda path, leaf: kernels(path, leaf) and path != last
 
 
-def map_selected(fn: Callable[[Array, int], Array], params,
-                 where: LeafFilter):
+def map_selected(fn: Callable[[Array, int], Array], params, where: LeafFilter):
   """Applies ``fn(leaf, index)`` to the selected leaves, keeps the others."""
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   out, i = [], 0
@@ -362,20 +454,25 @@ def map_selected(fn: Callable[[Array, int], Array], params,
 
 
 def _selected(params, where):
-  return [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-          if where(path_str(path), leaf)]
+  return [
+    leaf
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    if where(path_str(path), leaf)
+  ]
 
 
 def l1_penalty(params, *, where: LeafFilter = kernels) -> Array:
   """``Σ |w|`` over the selected leaves (kernels by default)."""
-  return sum((jnp.sum(jnp.abs(w)) for w in _selected(params, where)),
-             jnp.zeros(()))
+  return sum(
+    (jnp.sum(jnp.abs(w)) for w in _selected(params, where)), jnp.zeros(())
+  )
 
 
 def l2_penalty(params, *, where: LeafFilter = kernels) -> Array:
   """``Σ w²`` over the selected leaves (kernels by default)."""
-  return sum((jnp.sum(jnp.square(w)) for w in _selected(params, where)),
-             jnp.zeros(()))
+  return sum(
+    (jnp.sum(jnp.square(w)) for w in _selected(params, where)), jnp.zeros(())
+  )
 
 
 def _penalised(apply, penalty_fn, coef, where, loss, has_aux):
@@ -386,27 +483,37 @@ def _penalised(apply, penalty_fn, coef, where, loss, has_aux):
   def objective(params, batch, key):
     del key
     x, y = _split_batch(batch)
-    out, maux = _sites.call_apply(apply, params, x, _sites.identity_sites,
-                                  has_aux)
+    out, maux = _sites.call_apply(
+      apply, params, x, _sites.identity_sites, has_aux
+    )
     data = _losses.mean_loss(loss, out, y)
     pen = coef * penalty_fn(params, where=where)
-    return data + pen, _aux(data, penalty=pen, model_aux=maux,
-                            has_aux=has_aux)
+    return data + pen, _aux(data, penalty=pen, model_aux=maux, has_aux=has_aux)
 
   return objective
 
 
-def l1(apply: _sites.Apply, *, coef: float, where: LeafFilter = kernels,
-       loss: str = "softmax_cross_entropy", has_aux: bool = False
-       ) -> Objective:
+def l1(
+  apply: _sites.Apply,
+  *,
+  coef: float,
+  where: LeafFilter = kernels,
+  loss: str = "softmax_cross_entropy",
+  has_aux: bool = False,
+) -> Objective:
   """``L̄ + coef Σ|w|`` (Keras ``l1`` kernel regularizer convention, as in
   Filan et al. 2021 with ``coef = 5e-5``). No dropout."""
   return _penalised(apply, l1_penalty, coef, where, loss, has_aux)
 
 
-def l2(apply: _sites.Apply, *, coef: float, where: LeafFilter = kernels,
-       loss: str = "softmax_cross_entropy", has_aux: bool = False
-       ) -> Objective:
+def l2(
+  apply: _sites.Apply,
+  *,
+  coef: float,
+  where: LeafFilter = kernels,
+  loss: str = "softmax_cross_entropy",
+  has_aux: bool = False,
+) -> Objective:
   """``L̄ + coef Σ w²`` (Keras ``l2`` convention: no 1/2). No dropout."""
   return _penalised(apply, l2_penalty, coef, where, loss, has_aux)
 
@@ -420,20 +527,30 @@ def _targeted(apply, drop_fn, gamma, alpha, where, loss, has_aux):
     x, y = _split_batch(batch)
     sel = where if where is not None else hidden_kernels(params)
     thinned = map_selected(
-        lambda w, i: drop_fn(jax.random.fold_in(key, i), w, gamma=gamma,
-                             alpha=alpha), params, sel)
-    out, maux = _sites.call_apply(apply, thinned, x, _sites.identity_sites,
-                                  has_aux)
+      lambda w, i: drop_fn(
+        jax.random.fold_in(key, i), w, gamma=gamma, alpha=alpha
+      ),
+      params,
+      sel,
+    )
+    out, maux = _sites.call_apply(
+      apply, thinned, x, _sites.identity_sites, has_aux
+    )
     data = _losses.mean_loss(loss, out, y)
     return data, _aux(data, model_aux=maux, has_aux=has_aux)
 
   return objective
 
 
-def targeted_weight(apply: _sites.Apply, *, gamma, alpha,
-                    where: LeafFilter | None = None,
-                    loss: str = "softmax_cross_entropy",
-                    has_aux: bool = False) -> Objective:
+def targeted_weight(
+  apply: _sites.Apply,
+  *,
+  gamma,
+  alpha,
+  where: LeafFilter | None = None,
+  loss: str = "softmax_cross_entropy",
+  has_aux: bool = False,
+) -> Objective:
   """Targeted weight dropout on the selected kernels (Gomez et al. 2019).
 
   Each step thins every selected kernel with
@@ -441,34 +558,41 @@ def targeted_weight(apply: _sites.Apply, *, gamma, alpha,
   shared by the batch, no rescaling) and trains on the thinned network.
   ``where`` defaults to every kernel but the last (the logits).
   """
-  return _targeted(apply, _dropout.targeted_weight_dropout, gamma, alpha,
-                   where, loss, has_aux)
+  return _targeted(
+    apply, _dropout.targeted_weight_dropout, gamma, alpha, where, loss, has_aux
+  )
 
 
-def targeted_unit(apply: _sites.Apply, *, gamma, alpha,
-                  where: LeafFilter | None = None,
-                  loss: str = "softmax_cross_entropy",
-                  has_aux: bool = False) -> Objective:
+def targeted_unit(
+  apply: _sites.Apply,
+  *,
+  gamma,
+  alpha,
+  where: LeafFilter | None = None,
+  loss: str = "softmax_cross_entropy",
+  has_aux: bool = False,
+) -> Objective:
   """Targeted unit dropout on the selected kernels (Gomez et al. 2019)."""
-  return _targeted(apply, _dropout.targeted_unit_dropout, gamma, alpha,
-                   where, loss, has_aux)
+  return _targeted(
+    apply, _dropout.targeted_unit_dropout, gamma, alpha, where, loss, has_aux
+  )
 
 
 # ------------------------------------------------------------------ registry
 
 REGIMENS: dict[str, Callable[..., Objective]] = {
-    "none": none,
-    "dropout": dropout,
-    "dropout_k": dropout_k,
-    "dropout_k_fix_noise": dropout_k_fix_noise,
-    "dropout_k_implicit": dropout_k_implicit,
-    "explicit": explicit,
-    "implicit": implicit,
-    "explicit_implicit": explicit_implicit,
-    "targeted_weight": targeted_weight,
-    "targeted_unit": targeted_unit,
-    "l1": l1,
-    "l2": l2,
+  "none": none,
+  "dropout": dropout,
+  "dropout_k": dropout_k,
+  "dropout_k_fix_noise": dropout_k_fix_noise,
+  "dropout_k_implicit": dropout_k_implicit,
+  "explicit": explicit,
+  "implicit": implicit,
+  "explicit_implicit": explicit_implicit,
+  "targeted_weight": targeted_weight,
+  "targeted_unit": targeted_unit,
+  "l1": l1,
+  "l2": l2,
 }
 
 
@@ -484,41 +608,54 @@ def make_objective(regimen: str, apply: _sites.Apply, **kwargs) -> Objective:
     ValueError: unknown regimen (the message lists the valid ones).
   """
   if regimen not in REGIMENS:
-    raise ValueError(f"unknown regimen {regimen!r}; valid: "
-                     f"{', '.join(REGIMENS)}.")
+    raise ValueError(
+      f"unknown regimen {regimen!r}; valid: {', '.join(REGIMENS)}."
+    )
   return REGIMENS[regimen](apply, **kwargs)
 
 
 # ------------------------------------------------------- configs -> objectives
 
 # Per regimen: (keyword argument, config keys read in order, required).
-_RATE_REGIMENS = ("dropout", "dropout_k", "dropout_k_fix_noise",
-                  "dropout_k_implicit", "explicit", "implicit",
-                  "explicit_implicit")
-_DROPOUT_FAMILY = ("dropout", "dropout_k", "dropout_k_fix_noise",
-                   "dropout_k_implicit")
+_RATE_REGIMENS = (
+  "dropout",
+  "dropout_k",
+  "dropout_k_fix_noise",
+  "dropout_k_implicit",
+  "explicit",
+  "implicit",
+  "explicit_implicit",
+)
+_DROPOUT_FAMILY = (
+  "dropout",
+  "dropout_k",
+  "dropout_k_fix_noise",
+  "dropout_k_implicit",
+)
 _CONFIG_KEYS: dict[str, tuple[tuple[str, tuple[str, ...], bool], ...]] = {
-    "none": (),
-    "dropout": (("noise", ("noise",), False),),
-    "dropout_k": (("k", ("k",), True), ("noise", ("noise",), False)),
-    "dropout_k_fix_noise": (("k", ("k",), True),
-                            ("noise", ("noise",), False)),
-    "dropout_k_implicit": (("k", ("k",), True),
-                           ("implicit_scale", ("dropout_k_implicit_scale",),
-                            False),
-                           ("noise", ("noise",), False)),
-    "explicit": (("estimator", ("estimator",), False),
-                 ("scale", ("explicit_scale",), False)),
-    "implicit": (("scale", ("implicit_scale",), False),),
-    "explicit_implicit": (("estimator", ("estimator",), False),
-                          ("explicit_scale", ("explicit_scale",), False),
-                          ("implicit_scale", ("implicit_scale",), False)),
-    "targeted_weight": (("gamma", ("gamma",), True),
-                        ("alpha", ("alpha",), True)),
-    "targeted_unit": (("gamma", ("gamma",), True),
-                      ("alpha", ("alpha",), True)),
-    "l1": (("coef", ("l1", "coef"), True),),
-    "l2": (("coef", ("l2", "coef"), True),),
+  "none": (),
+  "dropout": (("noise", ("noise",), False),),
+  "dropout_k": (("k", ("k",), True), ("noise", ("noise",), False)),
+  "dropout_k_fix_noise": (("k", ("k",), True), ("noise", ("noise",), False)),
+  "dropout_k_implicit": (
+    ("k", ("k",), True),
+    ("implicit_scale", ("dropout_k_implicit_scale",), False),
+    ("noise", ("noise",), False),
+  ),
+  "explicit": (
+    ("estimator", ("estimator",), False),
+    ("scale", ("explicit_scale",), False),
+  ),
+  "implicit": (("scale", ("implicit_scale",), False),),
+  "explicit_implicit": (
+    ("estimator", ("estimator",), False),
+    ("explicit_scale", ("explicit_scale",), False),
+    ("implicit_scale", ("implicit_scale",), False),
+  ),
+  "targeted_weight": (("gamma", ("gamma",), True), ("alpha", ("alpha",), True)),
+  "targeted_unit": (("gamma", ("gamma",), True), ("alpha", ("alpha",), True)),
+  "l1": (("coef", ("l1", "coef"), True),),
+  "l2": (("coef", ("l2", "coef"), True),),
 }
 
 
@@ -531,10 +668,16 @@ def _config_value(config, key):
     return None
 
 
-def from_config(regimen: str, apply: _sites.Apply, config=None, *,
-                rates: _sites.Rates | None = None,
-                broadcast_axes: Mapping[str, Sequence[int]] | None = None,
-                has_aux: bool = False, **overrides) -> Objective:
+def from_config(
+  regimen: str,
+  apply: _sites.Apply,
+  config=None,
+  *,
+  rates: _sites.Rates | None = None,
+  broadcast_axes: Mapping[str, Sequence[int]] | None = None,
+  has_aux: bool = False,
+  **overrides,
+) -> Objective:
   """The objective of a regimen, its options read from a flat config.
 
   One mapping from the experiments' config vocabulary to each regimen's
@@ -592,8 +735,9 @@ def from_config(regimen: str, apply: _sites.Apply, config=None, *,
   ValueError: regimen 'l1' needs the config key 'l1' (or 'coef').
   """
   if regimen not in REGIMENS:
-    raise ValueError(f"unknown regimen {regimen!r}; valid: "
-                     f"{', '.join(REGIMENS)}.")
+    raise ValueError(
+      f"unknown regimen {regimen!r}; valid: {', '.join(REGIMENS)}."
+    )
   kwargs: dict[str, Any] = {"has_aux": has_aux}
   if regimen in _RATE_REGIMENS:
     if rates is None:
@@ -608,13 +752,15 @@ def from_config(regimen: str, apply: _sites.Apply, config=None, *,
     return _config_value(config, key)
 
   for kwarg, keys, required in _CONFIG_KEYS[regimen] + (
-      ("loss", ("loss",), False),):
+    ("loss", ("loss",), False),
+  ):
     value = next((v for v in map(lookup, keys) if v is not None), None)
     if value is None:
       if required:
         alt = "".join(f" (or {k!r})" for k in keys[1:])
-        raise ValueError(f"regimen {regimen!r} needs the config key "
-                         f"{keys[0]!r}{alt}.")
+        raise ValueError(
+          f"regimen {regimen!r} needs the config key {keys[0]!r}{alt}."
+        )
       continue
     kwargs[kwarg] = value
   return REGIMENS[regimen](apply, **kwargs)

@@ -38,12 +38,12 @@ def _kth_by_bisection(a: Array, k: Array, axis: int) -> Array:
   fdtype, idtype, nbits = _float_spec(a.dtype)
   info = np.iinfo(idtype)
   imin = idtype(info.min)
-  magnitude = idtype(info.max)                    # 0x7F...F
+  magnitude = idtype(info.max)  # 0x7F...F
   inf_bits = jax.lax.bitcast_convert_type(jnp.asarray(np.inf, fdtype), idtype)
   nan_bits = jax.lax.bitcast_convert_type(jnp.asarray(np.nan, fdtype), idtype)
   x = a.astype(fdtype)
   bits = jax.lax.bitcast_convert_type(x, idtype)
-  bits = jnp.where(bits == imin, jnp.zeros((), idtype), bits)   # -0.0 -> 0.0
+  bits = jnp.where(bits == imin, jnp.zeros((), idtype), bits)  # -0.0 -> 0.0
   bits = jnp.where(jnp.isnan(x), nan_bits, bits)  # every NaN above +inf
   keys = jnp.where(bits < 0, bits ^ magnitude, bits)
   shape = list(a.shape)
@@ -56,9 +56,10 @@ def _kth_by_bisection(a: Array, k: Array, axis: int) -> Array:
 
   def body(_, lohi):
     lo, hi = lohi
-    mid = (lo & hi) + ((lo ^ hi) >> 1)            # floor((lo + hi) / 2)
-    enough = jnp.sum(keys <= mid, axis=axis, keepdims=True,
-                     dtype=jnp.int32) >= need
+    mid = (lo & hi) + ((lo ^ hi) >> 1)  # floor((lo + hi) / 2)
+    enough = (
+      jnp.sum(keys <= mid, axis=axis, keepdims=True, dtype=jnp.int32) >= need
+    )
     return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
 
   _, hi = jax.lax.fori_loop(0, nbits, body, (lo, hi))
@@ -124,7 +125,8 @@ def kth_smallest(a, k, axis: int = 0, keepdims: bool = True) -> Array:
     raise ValueError("kth_smallest needs an array with at least one axis.")
   if not -a.ndim <= axis < a.ndim:
     raise ValueError(
-        f"axis {axis} is out of range for an array of rank {a.ndim}.")
+      f"axis {axis} is out of range for an array of rank {a.ndim}."
+    )
   axis = axis % a.ndim
   if jnp.issubdtype(a.dtype, jnp.complexfloating):
     raise TypeError("kth_smallest needs a real array, got complex.")
@@ -142,9 +144,13 @@ def kth_smallest(a, k, axis: int = 0, keepdims: bool = True) -> Array:
       top = jnp.asarray(info.max, a.dtype)
       bottom = jnp.asarray(info.min, a.dtype)
     kept = tuple(1 if i == axis else d for i, d in enumerate(a.shape))
-    idx = jnp.broadcast_to(jnp.clip(k, 0, max(n - 1, 0)).astype(jnp.int32),
-                           kept)
-    out = (jnp.take_along_axis(jnp.sort(a, axis=axis), idx, axis=axis) if n
-           else jnp.broadcast_to(top, kept))
+    idx = jnp.broadcast_to(
+      jnp.clip(k, 0, max(n - 1, 0)).astype(jnp.int32), kept
+    )
+    out = (
+      jnp.take_along_axis(jnp.sort(a, axis=axis), idx, axis=axis)
+      if n
+      else jnp.broadcast_to(top, kept)
+    )
   out = jnp.where(k >= n, top, jnp.where(k < 0, bottom, out))
   return out if keepdims else jnp.squeeze(out, axis)

@@ -42,8 +42,7 @@ Rates = Union[float, Array, Mapping[str, Any]]
 class Sites(Protocol):
   """``sites(name, h) -> h'``: what happens at a dropout site."""
 
-  def __call__(self, name: str, h: Array) -> Array:
-    ...
+  def __call__(self, name: str, h: Array) -> Array: ...
 
 
 Apply = Callable[[Params, Any, Sites], Any]
@@ -78,14 +77,18 @@ def check_rates(rates: Rates) -> Rates:
   Raises:
     ValueError: for a concrete rate outside ``[0, 1)``.
   """
-  for q in (rates.values() if isinstance(rates, Mapping) else (rates,)):
+  for q in rates.values() if isinstance(rates, Mapping) else (rates,):
     _dropout.check_rate(q)
   return rates
 
 
-def dropout_sites(key: Array, rates: Rates, *,
-                  broadcast_axes: Mapping[str, Sequence[int]] | None = None,
-                  noise: str = "bernoulli") -> Sites:
+def dropout_sites(
+  key: Array,
+  rates: Rates,
+  *,
+  broadcast_axes: Mapping[str, Sequence[int]] | None = None,
+  noise: str = "bernoulli",
+) -> Sites:
   """Site function for stochastic dropout.
 
   Args:
@@ -106,7 +109,8 @@ def dropout_sites(key: Array, rates: Rates, *,
   """
   if noise not in ("bernoulli", "gaussian"):
     raise ValueError(
-        f"unknown noise {noise!r}; valid: 'bernoulli', 'gaussian'.")
+      f"unknown noise {noise!r}; valid: 'bernoulli', 'gaussian'."
+    )
   axes = dict(broadcast_axes or {})
   check_rates(rates)
 
@@ -134,7 +138,8 @@ def perturbation_sites(deltas: Mapping[str, Array]) -> Sites:
   def sites(name: str, h: Array) -> Array:
     if name not in deltas:
       raise KeyError(
-          f"no perturbation for site {name!r}; given: {sorted(deltas)}.")
+        f"no perturbation for site {name!r}; given: {sorted(deltas)}."
+      )
     return h + deltas[name]
 
   return sites
@@ -157,17 +162,19 @@ def _recording_sites(store: dict, transform: Callable[[str, Array], Array]):
       raise TypeError(f"site names must be strings, got {name!r}.")
     if name in store:
       raise ValueError(
-          f"site {name!r} was called twice in one forward pass; site names "
-          "must be unique (call a site once on the whole tensor, e.g. the "
-          "whole sequence, rather than inside a loop).")
+        f"site {name!r} was called twice in one forward pass; site names "
+        "must be unique (call a site once on the whole tensor, e.g. the "
+        "whole sequence, rather than inside a loop)."
+      )
     store[name] = h
     return transform(name, h)
 
   return sites
 
 
-def site_shapes(apply: Apply, params, x, *,
-                has_aux: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+def site_shapes(
+  apply: Apply, params, x, *, has_aux: bool = False
+) -> dict[str, jax.ShapeDtypeStruct]:
   """The model's dropout sites, in call order, with their shapes and dtypes.
 
   Traces ``apply`` abstractly (``jax.eval_shape``; no FLOPs are spent).
@@ -188,8 +195,9 @@ def site_shapes(apply: Apply, params, x, *,
 
   def run(p, xx):
     store: dict = {}
-    out = call_apply(apply, p, xx, _recording_sites(store, lambda n, h: h),
-                     has_aux)
+    out = call_apply(
+      apply, p, xx, _recording_sites(store, lambda n, h: h), has_aux
+    )
     names.extend(store)
     return out, store
 
@@ -217,8 +225,9 @@ def resolve_rates(rates: Rates, site_names: Sequence[str]) -> dict[str, Any]:
     unknown = [n for n in rates if n not in site_names]
     if unknown:
       raise KeyError(
-          f"unknown dropout site(s) {unknown}; the model's sites are "
-          f"{site_names}.")
+        f"unknown dropout site(s) {unknown}; the model's sites are "
+        f"{site_names}."
+      )
     out = {n: rates.get(n, 0.0) for n in site_names}
   else:
     out = {n: rates for n in site_names}
@@ -243,6 +252,7 @@ class Linearization(NamedTuple):
     vjp: ``vjp(cotangent) -> {site_name: d<cotangent, outputs>/dh}``.
     jvp: ``jvp({site_name: tangent}) -> d outputs`` (a second forward pass).
   """
+
   outputs: Any
   aux: Any
   activations: dict
@@ -250,8 +260,9 @@ class Linearization(NamedTuple):
   jvp: Callable[[dict], Any]
 
 
-def linearize_sites(apply: Apply, params, x, *,
-                    has_aux: bool = False) -> Linearization:
+def linearize_sites(
+  apply: Apply, params, x, *, has_aux: bool = False
+) -> Linearization:
   """One clean forward pass that exposes the sites for differentiation.
 
   Runs ``apply`` with :func:`perturbation_sites` at ``delta = 0`` and returns
@@ -274,8 +285,10 @@ def linearize_sites(apply: Apply, params, x, *,
   """
   shapes = site_shapes(apply, params, x, has_aux=has_aux)
   if not shapes:
-    raise ValueError("the model calls no dropout site (sites(name, h)); the "
-                     "analytic regularizers have nothing to act on.")
+    raise ValueError(
+      "the model calls no dropout site (sites(name, h)); the "
+      "analytic regularizers have nothing to act on."
+    )
   zeros = {n: jnp.zeros(s.shape, s.dtype) for n, s in shapes.items()}
 
   def f(deltas):

@@ -47,23 +47,36 @@ VOLATILE_KEYS = ("regimens", "settings", "progress")
 def load_setting(config, setting: str) -> djdata.ImageDataset:
   sc = config[setting]
   return djdata.load_dataset(
-      config.data.source, data_dir=config.data.data_dir or None,
-      validation_size=config.data.validation_size,
-      train_size=int(sc.train_size) or None, seed=config.data.split_seed)
+    config.data.source,
+    data_dir=config.data.data_dir or None,
+    validation_size=config.data.validation_size,
+    train_size=int(sc.train_size) or None,
+    seed=config.data.split_seed,
+  )
 
 
-def _records_for(history: list[dict], seeds, setting, regimen, result_secs,
-                 steps) -> list[dict]:
+def _records_for(
+  history: list[dict], seeds, setting, regimen, result_secs, steps
+) -> list[dict]:
   """Per-seed result records from a run's evaluation history."""
   final = history[-1]
   out = []
   for i, seed in enumerate(seeds):
-    curve = [{"step": r["step"], "epoch": r["epoch"],
-              "validation_accuracy": r["eval"]["validation"]["accuracy"][i],
-              "validation_loss": r["eval"]["validation"]["loss"][i],
-              "train_loss": r["train"]["loss"][i]} for r in history]
-    out.append({
-        "setting": setting, "regimen": regimen, "seed": int(seed),
+    curve = [
+      {
+        "step": r["step"],
+        "epoch": r["epoch"],
+        "validation_accuracy": r["eval"]["validation"]["accuracy"][i],
+        "validation_loss": r["eval"]["validation"]["loss"][i],
+        "train_loss": r["train"]["loss"][i],
+      }
+      for r in history
+    ]
+    out.append(
+      {
+        "setting": setting,
+        "regimen": regimen,
+        "seed": int(seed),
         "steps": int(steps),
         "test_accuracy": final["eval"]["test"]["accuracy"][i],
         "test_loss": final["eval"]["test"]["loss"][i],
@@ -71,16 +84,20 @@ def _records_for(history: list[dict], seeds, setting, regimen, result_secs,
         "train_eval_accuracy": final["eval"]["train"]["accuracy"][i],
         "train_eval_loss": final["eval"]["train"]["loss"][i],
         "final_train_loss": final["train"]["loss"][i],
-        "final_data_loss": final["train"].get("data_loss", [None] * len(seeds))[i],
+        "final_data_loss": final["train"].get("data_loss", [None] * len(seeds))[
+          i
+        ],
         "train_seconds": result_secs,
         "validation_curve": curve,
-    })
+      }
+    )
   return out
 
 
 def _load_results(path: str) -> dict:
   if os.path.exists(path):
     import json
+
     with open(path) as f:
       return json.load(f)
   return {"records": [], "failures": []}
@@ -99,12 +116,16 @@ def run(config, workdir: str) -> dict:
   results = _load_results(path)
   results["config"] = config.to_dict()
   done = {(r["setting"], r["regimen"]) for r in results["records"]}
-  results["failures"] = [f for f in results.get("failures", [])
-                         if (f["setting"], f["regimen"]) not in done]
+  results["failures"] = [
+    f
+    for f in results.get("failures", [])
+    if (f["setting"], f["regimen"]) not in done
+  ]
   t0 = time.time()
   layer_sizes = tuple(config.model.layer_sizes)
-  apply, _, site_rates = models.make_model(config.model.name,
-                                           layer_sizes=layer_sizes)
+  apply, _, site_rates = models.make_model(
+    config.model.name, layer_sizes=layer_sizes
+  )
   init = models.make_init(config.model.name, layer_sizes=layer_sizes)
   rates = {site: float(config.rate) for site in site_rates}
   optimizer = djtrain.make_optimizer(config.optimizer, config.learning_rate)
@@ -113,20 +134,24 @@ def run(config, workdir: str) -> dict:
 
   # One objective per regimen, shared by the settings: the trainer caches its
   # compiled chunk on the objective, so equal-sized settings compile once.
-  objectives = {r: dropjax.objectives.from_config(r, apply, config,
-                                                 rates=rates)
-                for r in config.regimens}
+  objectives = {
+    r: dropjax.objectives.from_config(r, apply, config, rates=rates)
+    for r in config.regimens
+  }
 
   for setting in config.settings:
     if setting not in config:
-      raise ValueError(f"setting {setting!r} has no config block "
-                       f"(config.{setting}).")
+      raise ValueError(
+        f"setting {setting!r} has no config block (config.{setting})."
+      )
     ds = load_setting(config, setting)
     tr = ds.train
     n_eval = min(int(config.data.train_eval_size), len(tr))
-    eval_data = {"validation": (ds.validation.images, ds.validation.labels),
-                 "test": (ds.test.images, ds.test.labels),
-                 "train": (tr.images[:n_eval], tr.labels[:n_eval])}
+    eval_data = {
+      "validation": (ds.validation.images, ds.validation.labels),
+      "test": (ds.test.images, ds.test.labels),
+      "train": (tr.images[:n_eval], tr.labels[:n_eval]),
+    }
     for regimen in config.regimens:
       if (setting, regimen) in done:
         print(f"[compare] {setting}/{regimen}: finished earlier, skipped.")
@@ -135,25 +160,44 @@ def run(config, workdir: str) -> dict:
       run_dir = os.path.join(workdir, "runs", setting, regimen)
       try:
         res = djtrain.train(
-            apply, objective, optimizer, init, (tr.images, tr.labels),
-            steps=int(config[setting].steps), batch_size=config.batch_size,
-            seeds=seeds, chunk_size=config.chunk_size, eval_data=eval_data,
-            eval_every=int(config[setting].eval_every), run_dir=run_dir,
-            run_name=f"{setting}/{regimen}", devices=devices,
-            progress=config.progress)
+          apply,
+          objective,
+          optimizer,
+          init,
+          (tr.images, tr.labels),
+          steps=int(config[setting].steps),
+          batch_size=config.batch_size,
+          seeds=seeds,
+          chunk_size=config.chunk_size,
+          eval_data=eval_data,
+          eval_every=int(config[setting].eval_every),
+          run_dir=run_dir,
+          run_name=f"{setting}/{regimen}",
+          devices=devices,
+          progress=config.progress,
+        )
       except djtrain.NonFiniteLossError as err:
         print(f"[compare] {err}", file=sys.stderr)
-        results["failures"].append({"setting": setting, "regimen": regimen,
-                                    "error": str(err)})
+        results["failures"].append(
+          {"setting": setting, "regimen": regimen, "error": str(err)}
+        )
         djtrain.write_json_atomic(path, results)
         continue
-      results["records"].extend(_records_for(
-          res.history, res.seeds, setting, regimen, res.train_seconds,
-          config[setting].steps))
+      results["records"].extend(
+        _records_for(
+          res.history,
+          res.seeds,
+          setting,
+          regimen,
+          res.train_seconds,
+          config[setting].steps,
+        )
+      )
       djtrain.write_json_atomic(path, results)
   # Accumulated over sessions when the job is resumed.
   results["wall_seconds"] = results.get("wall_seconds", 0.0) + (
-      time.time() - t0)
+    time.time() - t0
+  )
   results["versions"] = _versions()
   djtrain.write_json_atomic(path, results)
 
@@ -171,5 +215,9 @@ def _print_done(config, workdir, results):
 
 
 if __name__ == "__main__":
-  harness.main(run, config=harness.config_path("compare"), name="compare",
-               after=_print_done)
+  harness.main(
+    run,
+    config=harness.config_path("compare"),
+    name="compare",
+    after=_print_done,
+  )

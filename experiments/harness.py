@@ -61,8 +61,9 @@ def config_path(name: str) -> str:
 
 def unknown_variant(variant: str, valid: Sequence[str]) -> ValueError:
   """The error of a config's ``get_config`` for an unknown variant."""
-  return ValueError(f"unknown config variant {variant!r}; valid: "
-                    f"{', '.join(valid)}.")
+  return ValueError(
+    f"unknown config variant {variant!r}; valid: {', '.join(valid)}."
+  )
 
 
 # ---------------------------------------------------------------- configs
@@ -97,20 +98,21 @@ def _drop_volatile(d: Mapping, volatile: Sequence[str], prefix: str = ""):
     key = f"{prefix}{k}"
     if _is_volatile(key, volatile):
       continue
-    out[k] = (_drop_volatile(v, volatile, key + ".")
-              if isinstance(v, Mapping) else v)
+    out[k] = (
+      _drop_volatile(v, volatile, key + ".") if isinstance(v, Mapping) else v
+    )
   return out
 
 
 def fingerprint(config, volatile: Sequence[str] = ()) -> str:
   """A short hash of the config without its volatile keys."""
   d = _drop_volatile(config_dict(config), volatile)
-  return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[
-      :16]
+  return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def config_differences(old: Mapping, new: Mapping,
-                       volatile: Sequence[str] = ()) -> list[str]:
+def config_differences(
+  old: Mapping, new: Mapping, volatile: Sequence[str] = ()
+) -> list[str]:
   """``["key: old -> new", ...]`` over the non-volatile flattened keys."""
   fo, fn = flatten(old), flatten(new)
   missing = "(absent)"
@@ -127,7 +129,8 @@ def _read_saved_config(path: str) -> dict:
     saved = json.load(f)
   # Older language-model work directories: {"fingerprint", "config"}.
   if set(saved) == {"fingerprint", "config"} and isinstance(
-      saved["config"], Mapping):
+    saved["config"], Mapping
+  ):
     return saved["config"]
   return saved
 
@@ -149,8 +152,10 @@ def check_config(workdir: str, config, volatile: Sequence[str] = ()) -> None:
     diffs = config_differences(_read_saved_config(path), new, volatile)
     if diffs:
       raise ConfigMismatchError(
-          f"{workdir} holds results of a different config ("
-          + "; ".join(diffs) + "); use another --workdir.")
+        f"{workdir} holds results of a different config ("
+        + "; ".join(diffs)
+        + "); use another --workdir."
+      )
   os.makedirs(workdir, exist_ok=True)
   write_json_atomic(path, new)
 
@@ -158,30 +163,33 @@ def check_config(workdir: str, config, volatile: Sequence[str] = ()) -> None:
 def load_config_file(spec: str):
   """Loads ``FILE[:VARIANT]`` as ml_collections does (``get_config``)."""
   path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_harness_config",
-                                                       path)
+  module_spec = importlib.util.spec_from_file_location("_harness_config", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
 
 
-_SYNTAX = ("write a tuple option as a comma list, e.g. --config.{key}={eg} "
-           "(no spaces), or as a quoted Python tuple, "
-           "--config.{key}=\"({eg_t})\", or repeat the flag, "
-           "--config.{key}={one} --config.{key}=...")
+_SYNTAX = (
+  "write a tuple option as a comma list, e.g. --config.{key}={eg} "
+  "(no spaces), or as a quoted Python tuple, "
+  '--config.{key}="({eg_t})", or repeat the flag, '
+  "--config.{key}={one} --config.{key}=..."
+)
 
 
 def _syntax(key: str, example: Sequence) -> str:
   eg = [str(x) for x in example[:2]] or ["a", "b"]
   quoted = [repr(x) for x in example[:2]] or ["'a'", "'b'"]
-  return _SYNTAX.format(key=key, eg=",".join(eg), eg_t=", ".join(quoted),
-                        one=eg[0])
+  return _SYNTAX.format(
+    key=key, eg=",".join(eg), eg_t=", ".join(quoted), one=eg[0]
+  )
 
 
 def _cast(x, kind: type, key: str, example: Sequence):
   bad = TupleSyntaxError(
-      f"--config.{key}: cannot read {x!r} as {kind.__name__}; "
-      + _syntax(key, example))
+    f"--config.{key}: cannot read {x!r} as {kind.__name__}; "
+    + _syntax(key, example)
+  )
   if isinstance(x, str):
     x = x.strip()
     if not x:
@@ -230,7 +238,8 @@ def parse_tuple_overrides(config, defaults) -> list[str]:
       continue
     kind = type(default[0])
     if kind not in (int, float, str, bool) or any(
-        type(d) is not kind for d in default):
+      type(d) is not kind for d in default
+    ):
       continue
     items = []
     for x in value:
@@ -239,8 +248,7 @@ def parse_tuple_overrides(config, defaults) -> list[str]:
       else:
         items.append(x)
     new = tuple(_cast(x, kind, key, default) for x in items)
-    if new != value or any(type(a) is not type(b)
-                           for a, b in zip(new, value)):
+    if new != value or any(type(a) is not type(b) for a, b in zip(new, value)):
       node[parts[-1]] = new
       changed.append(key)
   return changed
@@ -267,8 +275,8 @@ def workdir_lock(workdir: str) -> Iterator[str]:
       f.seek(0)
       holder = f.read().strip() or "?"
       raise WorkdirLockedError(
-          f"{workdir} is in use by another process (pid {holder}, lock "
-          f"{path}); wait for it to finish or use another --workdir."
+        f"{workdir} is in use by another process (pid {holder}, lock "
+        f"{path}); wait for it to finish or use another --workdir."
       ) from None
     f.seek(0)
     f.truncate()
@@ -292,6 +300,7 @@ def enable_compilation_cache(directory: str | None) -> str | None:
   if not directory:
     return None
   import jax
+
   directory = os.path.abspath(os.path.expanduser(directory))
   os.makedirs(directory, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", directory)
@@ -303,9 +312,11 @@ def enable_compilation_cache(directory: str | None) -> str | None:
 def save_figure_atomic(fig, path: str, **savefig_kwargs) -> None:
   """Saves a matplotlib figure atomically (temp file beside it + rename)."""
   root, ext = os.path.splitext(path)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(root) + ".",
-                             suffix=ext or ".png",
-                             dir=os.path.dirname(path) or ".")
+  fd, tmp = tempfile.mkstemp(
+    prefix="." + os.path.basename(root) + ".",
+    suffix=ext or ".png",
+    dir=os.path.dirname(path) or ".",
+  )
   os.close(fd)
   try:
     fig.savefig(tmp, **savefig_kwargs)
@@ -323,9 +334,14 @@ def software_versions(*extra_modules: str) -> dict[str, Any]:
   import jax
   import numpy as np
   import optax
-  out = {"dropjax": dropjax.__version__, "jax": jax.__version__,
-         "flax": flax.__version__, "optax": optax.__version__,
-         "numpy": np.__version__}
+
+  out = {
+    "dropjax": dropjax.__version__,
+    "jax": jax.__version__,
+    "flax": flax.__version__,
+    "optax": optax.__version__,
+    "numpy": np.__version__,
+  }
   for name in extra_modules:
     out[name] = importlib.import_module(name).__version__
   out["devices"] = [str(d) for d in jax.devices()]
@@ -346,10 +362,14 @@ def _flags_parser(name: str):
 
   def parse(argv):
     # absl's --help exits 1; asking for help is no error here.
-    asked = [a for a in argv[1:] if a in ("-h", "-help", "--help",
-                                          "--helpshort", "--helpfull")]
+    asked = [
+      a
+      for a in argv[1:]
+      if a in ("-h", "-help", "--help", "--helpshort", "--helpfull")
+    ]
     if asked:
       from absl import app
+
       app.usage(shorthelp=asked[0] != "--helpfull", writeto_stdout=True)
       sys.exit(0)
     try:
@@ -364,14 +384,22 @@ def _flags_parser(name: str):
         msg += " Accepted: --config.KEY=a,b or --config.KEY='(a, b)'."
       _fail(name, msg)
     except (AttributeError, KeyError) as e:  # a key the config lacks
-      _fail(name, f"unknown config key {e}: a --config.KEY override must "
-            "name a key of the config file.")
+      _fail(
+        name,
+        f"unknown config key {e}: a --config.KEY override must "
+        "name a key of the config file.",
+      )
 
   return parse
 
 
-def main(run: Callable[[Any, str], Any], *, config: str, name: str,
-         after: Callable[[Any, str, Any], None] | None = None) -> None:
+def main(
+  run: Callable[[Any, str], Any],
+  *,
+  config: str,
+  name: str,
+  after: Callable[[Any, str, Any], None] | None = None,
+) -> None:
   """The command line of an experiment (see the module docstring).
 
   Args:
@@ -386,19 +414,29 @@ def main(run: Callable[[Any, str], Any], *, config: str, name: str,
   from absl import logging
   from ml_collections import config_flags
 
-  workdir_flag = flags.DEFINE_string("workdir", None,
-                                     "Output directory (required).")
+  workdir_flag = flags.DEFINE_string(
+    "workdir", None, "Output directory (required)."
+  )
   try:  # this scans sys.argv for --config.KEY overrides already
     config_flag = config_flags.DEFINE_config_file(
-        "config", config, "Experiment config file (ml_collections); "
-        "FILE:VARIANT selects a variant, e.g. "
-        f"{os.path.relpath(config)}:smoke.", lock_config=True)
+      "config",
+      config,
+      "Experiment config file (ml_collections); "
+      "FILE:VARIANT selects a variant, e.g. "
+      f"{os.path.relpath(config)}:smoke.",
+      lock_config=True,
+    )
   except (AttributeError, KeyError) as e:
-    _fail(name, f"unknown config key {e}: a --config.KEY override must "
-          "name a key of the config file.")
+    _fail(
+      name,
+      f"unknown config key {e}: a --config.KEY override must "
+      "name a key of the config file.",
+    )
   cache_flag = flags.DEFINE_string(
-      "compilation_cache", DEFAULT_COMPILATION_CACHE,
-      "Persistent XLA compilation cache directory ('' = off).")
+    "compilation_cache",
+    DEFAULT_COMPILATION_CACHE,
+    "Persistent XLA compilation cache directory ('' = off).",
+  )
 
   def _main(argv):
     if len(argv) > 1:
@@ -410,14 +448,16 @@ def main(run: Callable[[Any, str], Any], *, config: str, name: str,
       logging.set_verbosity(logging.WARNING)  # orbax logs saves at INFO
     spec = flags.FLAGS["config"].config_filename
     if not os.path.isfile(spec.partition(":")[0]):
-      _fail(name, f"no config file {spec.partition(':')[0]!r} (--config "
-            "FILE or FILE:VARIANT).")
+      _fail(
+        name,
+        f"no config file {spec.partition(':')[0]!r} (--config "
+        "FILE or FILE:VARIANT).",
+      )
     try:
       cfg = config_flag.value
       defaults = load_config_file(spec)
     except Exception as e:  # noqa: BLE001 -- one line, not a traceback
-      _fail(name, f"cannot load the config {spec!r}: "
-            f"{type(e).__name__}: {e}")
+      _fail(name, f"cannot load the config {spec!r}: {type(e).__name__}: {e}")
     try:
       parse_tuple_overrides(cfg, defaults)
     except TupleSyntaxError as e:
@@ -430,8 +470,11 @@ def main(run: Callable[[Any, str], Any], *, config: str, name: str,
     except (ConfigMismatchError, WorkdirLockedError) as e:
       _fail(name, str(e))
     finally:
-      if created and os.path.isdir(workdir) and set(
-          os.listdir(workdir)) <= {LOCK_FILE}:
+      if (
+        created
+        and os.path.isdir(workdir)
+        and set(os.listdir(workdir)) <= {LOCK_FILE}
+      ):
         with contextlib.suppress(OSError):
           os.unlink(os.path.join(workdir, LOCK_FILE))
           os.rmdir(workdir)
@@ -450,8 +493,10 @@ def report_main(render: Callable[[dict, str], Any], *, name: str) -> None:
   from absl import flags
 
   workdir_flag = flags.DEFINE_string(
-      "workdir", None, "Work directory with results.json (or give it as the "
-      "only argument).")
+    "workdir",
+    None,
+    "Work directory with results.json (or give it as the only argument).",
+  )
 
   def _main(argv):
     workdir = workdir_flag.value

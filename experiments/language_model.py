@@ -58,12 +58,27 @@ from dropjax.models import lstm as djlstm
 from dropjax import train as djtrain
 from dropjax.train import make_optimizer, write_json_atomic
 from experiments import harness
+
 # The report (and the regimen names it shares with the training code).
 from experiments.language_model_report import (  # noqa: F401
-    CURVES_PNG, FINAL_PNG, MIN_EFFECT_BPC, REPORT_FILE, Diff, Regimen, Stat,
-    claim_analytic_matches, claim_k_degrades, claim_noise_repairs, diff,
-    parse_regimen, parse_regimens, plot_curves, plot_final, stat,
-    write_report)
+  CURVES_PNG,
+  FINAL_PNG,
+  MIN_EFFECT_BPC,
+  REPORT_FILE,
+  Diff,
+  Regimen,
+  Stat,
+  claim_analytic_matches,
+  claim_k_degrades,
+  claim_noise_repairs,
+  diff,
+  parse_regimen,
+  parse_regimens,
+  plot_curves,
+  plot_final,
+  stat,
+  write_report,
+)
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
@@ -74,10 +89,15 @@ LN2 = math.log(2.0)
 def make_objective(reg: Regimen, apply, spec, config):
   """The dropjax objective of a regimen (``has_aux=True``: carries state;
   locked masks at the dropout family's sites, as ``spec`` says)."""
-  return djobj.from_config(reg.objective, apply, config,
-                           rates=dict(spec.rates),
-                           broadcast_axes=dict(spec.broadcast_axes),
-                           has_aux=True, k=reg.k)
+  return djobj.from_config(
+    reg.objective,
+    apply,
+    config,
+    rates=dict(spec.rates),
+    broadcast_axes=dict(spec.broadcast_axes),
+    has_aux=True,
+    k=reg.k,
+  )
 
 
 # ---------------------------------------------------------------- config/data
@@ -102,16 +122,23 @@ def fingerprint(config) -> str:
 
 def model_kwargs(config) -> dict:
   m, r = config.model, config.rates
-  return dict(embed_dim=int(m.embed_dim), hidden_size=int(m.hidden_size),
-              num_layers=int(m.num_layers), tie_weights=bool(m.tie_weights),
-              forget_bias=float(m.forget_bias), dropout_emb=float(r.emb),
-              dropout_hidden=float(r.hidden), dropout_out=float(r.out),
-              dropout_weight=float(r.weight))
+  return dict(
+    embed_dim=int(m.embed_dim),
+    hidden_size=int(m.hidden_size),
+    num_layers=int(m.num_layers),
+    tie_weights=bool(m.tie_weights),
+    forget_bias=float(m.forget_bias),
+    dropout_emb=float(r.emb),
+    dropout_hidden=float(r.hidden),
+    dropout_out=float(r.out),
+    dropout_weight=float(r.weight),
+  )
 
 
 @dataclasses.dataclass
 class Data:
   """The corpus cut for training and evaluation."""
+
   corpus: Any
   train_inputs: np.ndarray
   train_targets: np.ndarray
@@ -124,16 +151,22 @@ def load_data(config) -> Data:
   corpus = djtext.load_corpus(config.corpus)
   train = corpus.train
   if config.train_tokens:
-    train = train[:int(config.train_tokens)]
-  x, y = djtext.bptt_batches(djtext.batchify(train, int(config.batch_size)),
-                             int(config.bptt))
+    train = train[: int(config.train_tokens)]
+  x, y = djtext.bptt_batches(
+    djtext.batchify(train, int(config.batch_size)), int(config.bptt)
+  )
   limit = lambda n: int(n) if n else None
   eb, et = int(config.eval_batch_size), int(config.eval_bptt)
   return Data(
-      corpus, x, y,
-      djtrain.make_eval_set(corpus.validation, eb, et, limit(config.curve_tokens)),
-      djtrain.make_eval_set(corpus.validation, eb, et, limit(config.eval_tokens)),
-      djtrain.make_eval_set(corpus.test, eb, et, limit(config.eval_tokens)))
+    corpus,
+    x,
+    y,
+    djtrain.make_eval_set(
+      corpus.validation, eb, et, limit(config.curve_tokens)
+    ),
+    djtrain.make_eval_set(corpus.validation, eb, et, limit(config.eval_tokens)),
+    djtrain.make_eval_set(corpus.test, eb, et, limit(config.eval_tokens)),
+  )
 
 
 # ---------------------------------------------------------------------- runs
@@ -148,6 +181,7 @@ def _finite_or_none(v):
 class Model:
   """The model of the experiment in functional form (shared by all
   regimens, so evaluation compiles once)."""
+
   apply: Any
   init: Any
   spec: Any
@@ -160,8 +194,9 @@ def build_model(config, vocab_size: int) -> Model:
   return Model(apply, djlstm.make_lm_init(vocab_size, **mkw), spec, module)
 
 
-def run_regimen(reg: Regimen, config, data: Data, model: Model, workdir: str,
-                fp: str) -> list[dict]:
+def run_regimen(
+  reg: Regimen, config, data: Data, model: Model, workdir: str, fp: str
+) -> list[dict]:
   """Trains one regimen for every seed and evaluates it; returns records.
 
   Writes ``runs/<name>/result.json`` (atomically) when done.
@@ -171,61 +206,88 @@ def run_regimen(reg: Regimen, config, data: Data, model: Model, workdir: str,
   init_carry = model.module.initial_carry
   objective = make_objective(reg, apply, spec, config)
   optimizer = make_optimizer(
-      config.optimizer, float(config.learning_rate),
-      momentum=float(config.momentum), weight_decay=float(config.weight_decay),
-      clip_norm=float(config.clip_norm) if config.clip_norm else None)
+    config.optimizer,
+    float(config.learning_rate),
+    momentum=float(config.momentum),
+    weight_decay=float(config.weight_decay),
+    clip_norm=float(config.clip_norm) if config.clip_norm else None,
+  )
   seeds = tuple(int(s) for s in config.seeds)
   t0 = time.perf_counter()
   res = djtrain.train(
-      apply, objective, optimizer, init,
-      djtrain.bptt_stream(data.train_inputs, data.train_targets, init_carry),
-      steps=int(config.steps), seeds=seeds,
-      chunk_size=int(config.chunk_size),
-      eval_data=djtrain.StreamEvaluator(apply, {"curve": data.curve},
-                                        init_carry),
-      eval_every=int(config.eval_every), keep_best=("curve", "loss"),
-      on_nan="drop_seed", run_dir=run_dir, run_name=reg.name,
-      checkpoint_every=int(config.checkpoint_every),
-      devices=int(config.get("devices", 0)) or None,
-      progress=bool(config.progress))
+    apply,
+    objective,
+    optimizer,
+    init,
+    djtrain.bptt_stream(data.train_inputs, data.train_targets, init_carry),
+    steps=int(config.steps),
+    seeds=seeds,
+    chunk_size=int(config.chunk_size),
+    eval_data=djtrain.StreamEvaluator(apply, {"curve": data.curve}, init_carry),
+    eval_every=int(config.eval_every),
+    keep_best=("curve", "loss"),
+    on_nan="drop_seed",
+    run_dir=run_dir,
+    run_name=reg.name,
+    checkpoint_every=int(config.checkpoint_every),
+    devices=int(config.get("devices", 0)) or None,
+    progress=bool(config.progress),
+  )
   evals = {}
-  for which, params in (("final", res.state.params),
-                        ("best", res.best_params)):
+  for which, params in (("final", res.state.params), ("best", res.best_params)):
     for split, es in (("val", data.validation), ("test", data.test)):
       evals[which, split] = djtrain.evaluate_stream(
-          apply, params, es, init_carry, stacked=True)
+        apply, params, es, init_carry, stacked=True
+      )
   wall = time.perf_counter() - t0
   last_train = res.history[-1]["train"] if res.history else {}
   records = []
   for j, seed in enumerate(seeds):
     fail = res.failures.get(seed)
-    curve = [{"step": h["step"],
-              "val_bpc": _finite_or_none(h["eval"]["curve"]["bpc"][j])}
-             for h in res.history if "eval" in h]
+    curve = [
+      {
+        "step": h["step"],
+        "val_bpc": _finite_or_none(h["eval"]["curve"]["bpc"][j]),
+      }
+      for h in res.history
+      if "eval" in h
+    ]
     rec = {
-        "regimen": reg.name, "objective": reg.objective, "k": reg.k,
-        "seed": seed, "status": "failed" if fail else "ok",
-        "steps": int(config.steps),
-        "val_bpc": None, "test_bpc": None, "best_val_bpc": None,
-        "best_test_bpc": None, "best_step": res.best_step.get(seed),
-        "train_loss": None, "train_bpc": None, "curve": curve,
-        "train_seconds": res.train_seconds, "wall_seconds": wall,
-        "failure": fail, "fingerprint": fp,
+      "regimen": reg.name,
+      "objective": reg.objective,
+      "k": reg.k,
+      "seed": seed,
+      "status": "failed" if fail else "ok",
+      "steps": int(config.steps),
+      "val_bpc": None,
+      "test_bpc": None,
+      "best_val_bpc": None,
+      "best_test_bpc": None,
+      "best_step": res.best_step.get(seed),
+      "train_loss": None,
+      "train_bpc": None,
+      "curve": curve,
+      "train_seconds": res.train_seconds,
+      "wall_seconds": wall,
+      "failure": fail,
+      "fingerprint": fp,
     }
     if not fail:
       rec.update(
-          val_bpc=float(evals["final", "val"][j] / LN2),
-          test_bpc=float(evals["final", "test"][j] / LN2),
-          best_val_bpc=float(evals["best", "val"][j] / LN2),
-          best_test_bpc=float(evals["best", "test"][j] / LN2))
+        val_bpc=float(evals["final", "val"][j] / LN2),
+        test_bpc=float(evals["final", "test"][j] / LN2),
+        best_val_bpc=float(evals["best", "val"][j] / LN2),
+        best_test_bpc=float(evals["best", "test"][j] / LN2),
+      )
       if "data_loss" in last_train:
         rec["train_loss"] = _finite_or_none(last_train["data_loss"][j])
         if rec["train_loss"] is not None:
           rec["train_bpc"] = rec["train_loss"] / LN2
     records.append(rec)
-  write_json_atomic(os.path.join(run_dir, RUN_RESULT_FILE),
-                    {"regimen": reg.name, "fingerprint": fp,
-                     "records": records})
+  write_json_atomic(
+    os.path.join(run_dir, RUN_RESULT_FILE),
+    {"regimen": reg.name, "fingerprint": fp, "records": records},
+  )
   return records
 
 
@@ -253,9 +315,11 @@ def run_experiment(config, workdir: str, *, log=print) -> dict:
   fp = fingerprint(config)
   t_start = time.perf_counter()
   data = load_data(config)
-  log(f"corpus {data.corpus!r}; train chunks {data.train_inputs.shape}, "
-      f"curve {data.curve.num_tokens} tokens, validation "
-      f"{data.validation.num_tokens}, test {data.test.num_tokens}")
+  log(
+    f"corpus {data.corpus!r}; train chunks {data.train_inputs.shape}, "
+    f"curve {data.curve.num_tokens} tokens, validation "
+    f"{data.validation.num_tokens}, test {data.test.num_tokens}"
+  )
   model = build_model(config, data.corpus.vocab_size)
   all_records: list[dict] = []
   errors: dict[str, str] = {}
@@ -271,31 +335,44 @@ def run_experiment(config, workdir: str, *, log=print) -> dict:
     if recs is not None:
       log(f"[{reg.name}] finished earlier: skipped")
     else:
-      log(f"[{reg.name}] training {len(config.seeds)} seed(s) for "
-          f"{config.steps} steps")
+      log(
+        f"[{reg.name}] training {len(config.seeds)} seed(s) for "
+        f"{config.steps} steps"
+      )
       try:
         recs = run_regimen(reg, config, data, model, workdir, fp)
       except Exception as e:  # noqa: BLE001 -- keep the other regimens going
         errors[reg.name] = f"{type(e).__name__}: {e}"
-        log(f"[{reg.name}] FAILED: {errors[reg.name]}\n"
-            f"{traceback.format_exc()}")
+        log(
+          f"[{reg.name}] FAILED: {errors[reg.name]}\n{traceback.format_exc()}"
+        )
         continue
       for r in recs:
         if r["status"] == "ok":
-          log(f"[{reg.name}] seed {r['seed']}: val {r['val_bpc']:.4f} bpc, "
-              f"test {r['test_bpc']:.4f} bpc ({r['wall_seconds']:.0f} s)")
+          log(
+            f"[{reg.name}] seed {r['seed']}: val {r['val_bpc']:.4f} bpc, "
+            f"test {r['test_bpc']:.4f} bpc ({r['wall_seconds']:.0f} s)"
+          )
         else:
           log(f"[{reg.name}] seed {r['seed']}: {r['failure']['message']}")
     all_records.extend(recs)
-    results = {"fingerprint": fp, "config": config_to_dict(config),
-               "records": all_records, "errors": errors,
-               "wall_seconds_this_call": time.perf_counter() - t_start,
-               "wall_seconds_total": prev_wall + time.perf_counter() - t_start}
+    results = {
+      "fingerprint": fp,
+      "config": config_to_dict(config),
+      "records": all_records,
+      "errors": errors,
+      "wall_seconds_this_call": time.perf_counter() - t_start,
+      "wall_seconds_total": prev_wall + time.perf_counter() - t_start,
+    }
     write_json_atomic(res_path, results)
-  results = {"fingerprint": fp, "config": config_to_dict(config),
-             "records": all_records, "errors": errors,
-             "wall_seconds_this_call": time.perf_counter() - t_start,
-             "wall_seconds_total": prev_wall + time.perf_counter() - t_start}
+  results = {
+    "fingerprint": fp,
+    "config": config_to_dict(config),
+    "records": all_records,
+    "errors": errors,
+    "wall_seconds_this_call": time.perf_counter() - t_start,
+    "wall_seconds_total": prev_wall + time.perf_counter() - t_start,
+  }
   write_json_atomic(res_path, results)
   write_report(workdir, results, regimens)
   return results
@@ -306,10 +383,16 @@ def run_experiment(config, workdir: str, *, log=print) -> dict:
 
 def _print_done(config, workdir, results):
   del config
-  print(f"wrote {os.path.join(workdir, REPORT_FILE)} "
-        f"({results['wall_seconds_this_call']:.0f} s this call)")
+  print(
+    f"wrote {os.path.join(workdir, REPORT_FILE)} "
+    f"({results['wall_seconds_this_call']:.0f} s this call)"
+  )
 
 
 if __name__ == "__main__":
-  harness.main(run_experiment, config=harness.config_path("language_model"),
-               name="language_model", after=_print_done)
+  harness.main(
+    run_experiment,
+    config=harness.config_path("language_model"),
+    name="language_model",
+    after=_print_done,
+  )

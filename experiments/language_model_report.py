@@ -44,6 +44,7 @@ class Regimen:
     k: masks per step (1 for the non-DROPOUT_k regimens, 0 for ``none`` and
       the analytic ones, which use no mask).
   """
+
   name: str
   objective: str
   k: int
@@ -67,15 +68,19 @@ def parse_regimen(name: str) -> Regimen:
     suffix = m.group(2) or ""
     if suffix and k < 2:
       raise ValueError(f"{name!r}: fix-noise / implicit need k >= 2.")
-    objective = {"": "dropout_k", "_fix_noise": "dropout_k_fix_noise",
-                 "_implicit": "dropout_k_implicit"}[suffix]
+    objective = {
+      "": "dropout_k",
+      "_fix_noise": "dropout_k_fix_noise",
+      "_implicit": "dropout_k_implicit",
+    }[suffix]
     if objective == "dropout_k" and k == 1:
       objective = "dropout"
     return Regimen(name, objective, k)
   raise ValueError(
-      f"unknown regimen {name!r}; valid: none, dropout_K, dropout_K_fix_noise, "
-      "dropout_K_implicit (K >= 1, >= 2 for the last two), explicit, implicit, "
-      "explicit_implicit.")
+    f"unknown regimen {name!r}; valid: none, dropout_K, dropout_K_fix_noise, "
+    "dropout_K_implicit (K >= 1, >= 2 for the last two), explicit, implicit, "
+    "explicit_implicit."
+  )
 
 
 def parse_regimens(spec: str | Sequence[str]) -> list[Regimen]:
@@ -101,6 +106,7 @@ def parse_regimens(spec: str | Sequence[str]) -> list[Regimen]:
 @dataclasses.dataclass
 class Stat:
   """Mean, sample std and count of one metric over seeds."""
+
   mean: float
   std: float
   n: int
@@ -114,23 +120,33 @@ class Stat:
 
 
 def stat(records: list[dict], regimen: str, key: str) -> Stat:
-  vals = [r[key] for r in records
-          if r["regimen"] == regimen and r["status"] == "ok"
-          and r.get(key) is not None]
+  vals = [
+    r[key]
+    for r in records
+    if r["regimen"] == regimen
+    and r["status"] == "ok"
+    and r.get(key) is not None
+  ]
   return Stat(*stats.summarize(vals))
 
 
 @dataclasses.dataclass
 class Diff:
   """``a - b`` with its standard error and whether it is resolved."""
+
   d: float
   se: float
 
   @property
   def resolved(self) -> bool:
     """``|d|`` above both ``2 se`` and :data:`MIN_EFFECT_BPC`."""
-    return stats.is_clear(self.d, self.se, min_effect=MIN_EFFECT_BPC,
-                          zero_se_ok=True, unknown_se_ok=True)
+    return stats.is_clear(
+      self.d,
+      self.se,
+      min_effect=MIN_EFFECT_BPC,
+      zero_se_ok=True,
+      unknown_se_ok=True,
+    )
 
   def fmt(self) -> str:
     se = f"{self.se:.4f}" if math.isfinite(self.se) else "n/a"
@@ -149,77 +165,107 @@ METRIC_NAME = "final validation bits per character"
 
 
 def claim_k_degrades(records, names) -> str:
-  ks = sorted({r["k"] for r in records if r["objective"] in
-               ("dropout", "dropout_k")})
-  by_k = {k: stat(records, "dropout_1" if k == 1 else f"dropout_{k}", METRIC)
-          for k in ks}
+  ks = sorted(
+    {r["k"] for r in records if r["objective"] in ("dropout", "dropout_k")}
+  )
+  by_k = {
+    k: stat(records, "dropout_1" if k == 1 else f"dropout_{k}", METRIC)
+    for k in ks
+  }
   by_k = {k: s for k, s in by_k.items() if s.n}
-  head = ("**Claim 1 — DROPOUT_k degrades as k grows** (same expected update, "
-          "1/k of the dropout noise). ")
+  head = (
+    "**Claim 1 — DROPOUT_k degrades as k grows** (same expected update, "
+    "1/k of the dropout noise). "
+  )
   if len(by_k) < 2 or 1 not in by_k:
-    return head + ("Not testable here: it needs DROPOUT_1 and at least one "
-                   "k > 1 with finished seeds.")
+    return head + (
+      "Not testable here: it needs DROPOUT_1 and at least one "
+      "k > 1 with finished seeds."
+    )
   kmax = max(by_k)
   seq = ", ".join(f"k={k}: {s.mean:.4f}" for k, s in sorted(by_k.items()))
   d = diff(by_k[kmax], by_k[1])
-  steps = [diff(by_k[b], by_k[a]) for a, b in zip(sorted(by_k),
-                                                    sorted(by_k)[1:])]
+  steps = [
+    diff(by_k[b], by_k[a]) for a, b in zip(sorted(by_k), sorted(by_k)[1:])
+  ]
   ups = sum(1 for s in steps if s.resolved and s.d > 0)
   downs = sum(1 for s in steps if s.resolved and s.d < 0)
-  text = (f"Mean {METRIC_NAME}: {seq}. DROPOUT_{kmax} minus DROPOUT_1: "
-          f"{d.fmt()}. ")
+  text = (
+    f"Mean {METRIC_NAME}: {seq}. DROPOUT_{kmax} minus DROPOUT_1: {d.fmt()}. "
+  )
   if d.resolved and d.d > 0 and downs == 0:
-    verdict = (f"**Supported**: larger k is worse, and no step from one k to "
-               f"the next goes the other way by more than the noise "
-               f"({ups} of {len(steps)} steps are resolved increases).")
+    verdict = (
+      f"**Supported**: larger k is worse, and no step from one k to "
+      f"the next goes the other way by more than the noise "
+      f"({ups} of {len(steps)} steps are resolved increases)."
+    )
   elif d.resolved and d.d > 0:
-    verdict = (f"**Partly supported**: DROPOUT_{kmax} is worse than "
-               f"DROPOUT_1, but the trend is not monotone ({downs} resolved "
-               "decrease(s) between consecutive k).")
+    verdict = (
+      f"**Partly supported**: DROPOUT_{kmax} is worse than "
+      f"DROPOUT_1, but the trend is not monotone ({downs} resolved "
+      "decrease(s) between consecutive k)."
+    )
   elif d.resolved and d.d < 0:
-    verdict = (f"**Not supported — reversed**: DROPOUT_{kmax} is *better* "
-               "than DROPOUT_1 in this setting.")
+    verdict = (
+      f"**Not supported — reversed**: DROPOUT_{kmax} is *better* "
+      "than DROPOUT_1 in this setting."
+    )
   else:
-    verdict = ("**Not supported**: the difference is within the seed noise "
-               f"(or below {MIN_EFFECT_BPC} bpc).")
+    verdict = (
+      "**Not supported**: the difference is within the seed noise "
+      f"(or below {MIN_EFFECT_BPC} bpc)."
+    )
   return head + text + verdict
 
 
 def claim_noise_repairs(records, names) -> str:
-  head = ("**Claim 2 — restoring the update noise repairs DROPOUT_k** "
-          "(fix-noise adds DROPOUT_1's noise back with two extra masks; the "
-          "implicit regularizer adds its Taylor approximation). ")
-  ks = sorted({r["k"] for r in records if r["objective"] in
-               ("dropout_k_fix_noise", "dropout_k_implicit")})
+  head = (
+    "**Claim 2 — restoring the update noise repairs DROPOUT_k** "
+    "(fix-noise adds DROPOUT_1's noise back with two extra masks; the "
+    "implicit regularizer adds its Taylor approximation). "
+  )
+  ks = sorted(
+    {
+      r["k"]
+      for r in records
+      if r["objective"] in ("dropout_k_fix_noise", "dropout_k_implicit")
+    }
+  )
   if not ks:
     return head + "Not testable here: no fix-noise / implicit regimen ran."
   k = max(ks)
   d1 = stat(records, "dropout_1", METRIC)
   dk = stat(records, f"dropout_{k}", METRIC)
   if d1.n == 0 or dk.n == 0:
-    return head + (f"Not testable here: it needs DROPOUT_1 and DROPOUT_{k} "
-                   "with finished seeds.")
+    return head + (
+      f"Not testable here: it needs DROPOUT_1 and DROPOUT_{k} "
+      "with finished seeds."
+    )
   gap = diff(dk, d1)
-  parts = [f"Mean {METRIC_NAME}: DROPOUT_1 {d1.mean:.4f}, DROPOUT_{k} "
-           f"{dk.mean:.4f} (gap {gap.fmt()})."]
+  parts = [
+    f"Mean {METRIC_NAME}: DROPOUT_1 {d1.mean:.4f}, DROPOUT_{k} "
+    f"{dk.mean:.4f} (gap {gap.fmt()})."
+  ]
   premise = gap.resolved and gap.d > 0
   verdicts = []
-  for suffix, label in (("fix_noise", "fix-noise"), ("implicit",
-                                                     "+ implicit")):
+  for suffix, label in (("fix_noise", "fix-noise"), ("implicit", "+ implicit")):
     s = stat(records, f"dropout_{k}_{suffix}", METRIC)
     if s.n == 0:
       continue
     vs_k = diff(s, dk)
     vs_1 = diff(s, d1)
     frac = (dk.mean - s.mean) / gap.d if gap.d else float("nan")
-    parts.append(f"DROPOUT_{k} {label}: {s.mean:.4f} ({vs_k.fmt()} against "
-                 f"DROPOUT_{k}, {vs_1.fmt()} against DROPOUT_1"
-                 + (f"; it recovers {100 * frac:.0f}% of the gap" if premise
-                    else "") + ").")
+    parts.append(
+      f"DROPOUT_{k} {label}: {s.mean:.4f} ({vs_k.fmt()} against "
+      f"DROPOUT_{k}, {vs_1.fmt()} against DROPOUT_1"
+      + (f"; it recovers {100 * frac:.0f}% of the gap" if premise else "")
+      + ")."
+    )
     if not premise:
       if gap.resolved and vs_k.resolved and vs_k.d > 0:
-        verdicts.append(f"{label} undoes {100 * frac:.0f}% of DROPOUT_{k}'s "
-                        "advantage")
+        verdicts.append(
+          f"{label} undoes {100 * frac:.0f}% of DROPOUT_{k}'s advantage"
+        )
       else:
         verdicts.append(f"{label}: nothing to repair")
     elif vs_k.resolved and vs_k.d < 0 and frac >= 0.5:
@@ -231,58 +277,81 @@ def claim_noise_repairs(records, names) -> str:
   if len(parts) == 1:
     return head + "Not testable here: no fix-noise / implicit seeds finished."
   if not premise:
-    tail = (f"**Not testable as stated**: DROPOUT_{k} is not resolvably worse "
-            "than DROPOUT_1 here, so there is no degradation to repair ("
-            + "; ".join(verdicts) + ").")
+    tail = (
+      f"**Not testable as stated**: DROPOUT_{k} is not resolvably worse "
+      "than DROPOUT_1 here, so there is no degradation to repair ("
+      + "; ".join(verdicts)
+      + ")."
+    )
     if gap.resolved and any("undoes" in v for v in verdicts):
-      tail += (f" The update noise is still what separates DROPOUT_{k} from "
-               "DROPOUT_1 — restoring it moves DROPOUT_{k} back towards "
-               "DROPOUT_1 — but in this setting the noise hurts instead of "
-               "helping.").replace("{k}", str(k))
+      tail += (
+        f" The update noise is still what separates DROPOUT_{k} from "
+        "DROPOUT_1 — restoring it moves DROPOUT_{k} back towards "
+        "DROPOUT_1 — but in this setting the noise hurts instead of "
+        "helping."
+      ).replace("{k}", str(k))
   else:
     tail = "**Verdict** — " + "; ".join(verdicts) + "."
   return head + " ".join(parts) + " " + tail
 
 
 def claim_analytic_matches(records, names) -> str:
-  head = ("**Claim 3 — explicit + implicit matches dropout** (Algorithm 2 "
-          "replaces the dropout masks by the two analytic terms). ")
+  head = (
+    "**Claim 3 — explicit + implicit matches dropout** (Algorithm 2 "
+    "replaces the dropout masks by the two analytic terms). "
+  )
   ei = stat(records, "explicit_implicit", METRIC)
   d1 = stat(records, "dropout_1", METRIC)
   if ei.n == 0 or d1.n == 0:
-    return head + ("Not testable here: it needs explicit_implicit and "
-                   "dropout_1 with finished seeds.")
+    return head + (
+      "Not testable here: it needs explicit_implicit and "
+      "dropout_1 with finished seeds."
+    )
   none = stat(records, "none", METRIC)
   ex = stat(records, "explicit", METRIC)
   d = diff(ei, d1)
-  parts = [f"Mean {METRIC_NAME}: dropout {d1.mean:.4f}, explicit + implicit "
-           f"{ei.mean:.4f} (difference {d.fmt()})."]
+  parts = [
+    f"Mean {METRIC_NAME}: dropout {d1.mean:.4f}, explicit + implicit "
+    f"{ei.mean:.4f} (difference {d.fmt()})."
+  ]
   d_none = diff(d1, none) if none.n else None
   if none.n:
-    parts.append(f"No regularization: {none.mean:.4f} (dropout minus none "
-                 f"{d_none.fmt()}).")
+    parts.append(
+      f"No regularization: {none.mean:.4f} (dropout minus none {d_none.fmt()})."
+    )
   if ex.n:
-    parts.append(f"Explicit alone: {ex.mean:.4f} ({diff(ex, d1).fmt()} "
-                 "against dropout).")
+    parts.append(
+      f"Explicit alone: {ex.mean:.4f} ({diff(ex, d1).fmt()} against dropout)."
+    )
   if not d.resolved:
     if d_none is not None and d_none.resolved and d_none.d < 0:
       ei_none = diff(ei, none)
-      tail = ("**Supported**: the analytic replacement is within the noise "
-              "of dropout, and dropout itself is resolvably better than no "
-              "regularization" + (" (so is the replacement)." if
-                                  ei_none.resolved and ei_none.d < 0 else
-                                  ", though the replacement is not resolvably"
-                                  " better than none."))
+      tail = (
+        "**Supported**: the analytic replacement is within the noise "
+        "of dropout, and dropout itself is resolvably better than no "
+        "regularization"
+        + (
+          " (so is the replacement)."
+          if ei_none.resolved and ei_none.d < 0
+          else ", though the replacement is not resolvably better than none."
+        )
+      )
     else:
-      tail = ("**Supported only weakly**: the two are within the noise of "
-              "each other, but dropout does not resolvably beat no "
-              "regularization here, so matching it says little.")
+      tail = (
+        "**Supported only weakly**: the two are within the noise of "
+        "each other, but dropout does not resolvably beat no "
+        "regularization here, so matching it says little."
+      )
   elif d.d > 0:
-    tail = ("**Not supported**: the analytic replacement is resolvably worse "
-            "than dropout.")
+    tail = (
+      "**Not supported**: the analytic replacement is resolvably worse "
+      "than dropout."
+    )
   else:
-    tail = ("**Not supported as a match — it is better**: the analytic "
-            "replacement is resolvably better than dropout here.")
+    tail = (
+      "**Not supported as a match — it is better**: the analytic "
+      "replacement is resolvably better than dropout here."
+    )
   return head + " ".join(parts) + " " + tail
 
 
@@ -292,57 +361,77 @@ def write_report(workdir: str, results: dict, regimens: list[Regimen]):
   cfg = results["config"]
   names = [r.name for r in regimens]
   lines = [
-      "# Character-level LSTM language model: dropout vs its analytic "
-      "replacement", "",
-      f"Corpus `{cfg['corpus']}` (first {cfg['train_tokens'] or 'all'} "
-      f"training characters), LSTM {cfg['model']['num_layers']} x "
-      f"{cfg['model']['hidden_size']} (embedding {cfg['model']['embed_dim']}"
-      f", tied={cfg['model']['tie_weights']}), rates emb/h/out/w_hh = "
-      f"{cfg['rates']['emb']}/{cfg['rates']['hidden']}/{cfg['rates']['out']}/"
-      f"{cfg['rates']['weight']}, {cfg['optimizer']} lr "
-      f"{cfg['learning_rate']}, {cfg['steps']} steps of "
-      f"{cfg['batch_size']} x {cfg['bptt']} characters, seeds "
-      f"{list(cfg['seeds'])}. Explicit estimator `{cfg['estimator']}`, "
-      f"explicit scale {cfg['explicit_scale']} (1 = Taylor-faithful "
-      f"q/(2(1-q))), implicit scale {cfg['implicit_scale']}. Wall time "
-      f"{results['wall_seconds_total'] / 60:.1f} min.", "",
-      "Bits per character (mean ± std over seeds; *final*: parameters after "
-      "the last step; *best*: parameters at the best point of the "
-      "validation curve, evaluated on the full splits). Train bpc: mean "
-      "training loss (with the regimen's noise) over the last evaluation "
-      "interval.", "",
-      "| regimen | k | seeds ok | val bpc (final) | test bpc (final) | "
-      "val bpc (best) | test bpc (best) | train bpc |",
-      "|---|---|---|---|---|---|---|---|",
+    "# Character-level LSTM language model: dropout vs its analytic "
+    "replacement",
+    "",
+    f"Corpus `{cfg['corpus']}` (first {cfg['train_tokens'] or 'all'} "
+    f"training characters), LSTM {cfg['model']['num_layers']} x "
+    f"{cfg['model']['hidden_size']} (embedding {cfg['model']['embed_dim']}"
+    f", tied={cfg['model']['tie_weights']}), rates emb/h/out/w_hh = "
+    f"{cfg['rates']['emb']}/{cfg['rates']['hidden']}/{cfg['rates']['out']}/"
+    f"{cfg['rates']['weight']}, {cfg['optimizer']} lr "
+    f"{cfg['learning_rate']}, {cfg['steps']} steps of "
+    f"{cfg['batch_size']} x {cfg['bptt']} characters, seeds "
+    f"{list(cfg['seeds'])}. Explicit estimator `{cfg['estimator']}`, "
+    f"explicit scale {cfg['explicit_scale']} (1 = Taylor-faithful "
+    f"q/(2(1-q))), implicit scale {cfg['implicit_scale']}. Wall time "
+    f"{results['wall_seconds_total'] / 60:.1f} min.",
+    "",
+    "Bits per character (mean ± std over seeds; *final*: parameters after "
+    "the last step; *best*: parameters at the best point of the "
+    "validation curve, evaluated on the full splits). Train bpc: mean "
+    "training loss (with the regimen's noise) over the last evaluation "
+    "interval.",
+    "",
+    "| regimen | k | seeds ok | val bpc (final) | test bpc (final) | "
+    "val bpc (best) | test bpc (best) | train bpc |",
+    "|---|---|---|---|---|---|---|---|",
   ]
   for reg in regimens:
     n_all = sum(1 for r in records if r["regimen"] == reg.name)
     if n_all == 0:
       lines.append(f"| {reg.name} | {reg.k} | not run | | | | | |")
       continue
-    s = {k: stat(records, reg.name, k) for k in
-         ("val_bpc", "test_bpc", "best_val_bpc", "best_test_bpc",
-          "train_bpc")}
+    s = {
+      k: stat(records, reg.name, k)
+      for k in (
+        "val_bpc",
+        "test_bpc",
+        "best_val_bpc",
+        "best_test_bpc",
+        "train_bpc",
+      )
+    }
     lines.append(
-        f"| {reg.name} | {reg.k} | {s['val_bpc'].n}/{n_all} | "
-        f"{s['val_bpc'].fmt()} | {s['test_bpc'].fmt()} | "
-        f"{s['best_val_bpc'].fmt()} | {s['best_test_bpc'].fmt()} | "
-        f"{s['train_bpc'].fmt()} |")
+      f"| {reg.name} | {reg.k} | {s['val_bpc'].n}/{n_all} | "
+      f"{s['val_bpc'].fmt()} | {s['test_bpc'].fmt()} | "
+      f"{s['best_val_bpc'].fmt()} | {s['best_test_bpc'].fmt()} | "
+      f"{s['train_bpc'].fmt()} |"
+    )
   failed = [r for r in records if r["status"] != "ok"]
   if failed or results.get("errors"):
     lines += ["", "## Failures", ""]
     lines += [f"- {r['failure']['message']}" for r in failed]
     lines += [f"- regimen {k}: {v}" for k, v in results["errors"].items()]
   lines += [
-      "", "## The paper's claims, checked against these numbers", "",
-      f"A difference is called *resolved* when it exceeds both twice its "
-      f"standard error (from the seed-to-seed spread) and {MIN_EFFECT_BPC} "
-      f"bpc; the metric is the {METRIC_NAME}.", "",
-      claim_k_degrades(records, names), "",
-      claim_noise_repairs(records, names), "",
-      claim_analytic_matches(records, names), "",
-      f"![validation curves]({CURVES_PNG})", "",
-      f"![final bpc]({FINAL_PNG})", ""]
+    "",
+    "## The paper's claims, checked against these numbers",
+    "",
+    f"A difference is called *resolved* when it exceeds both twice its "
+    f"standard error (from the seed-to-seed spread) and {MIN_EFFECT_BPC} "
+    f"bpc; the metric is the {METRIC_NAME}.",
+    "",
+    claim_k_degrades(records, names),
+    "",
+    claim_noise_repairs(records, names),
+    "",
+    claim_analytic_matches(records, names),
+    "",
+    f"![validation curves]({CURVES_PNG})",
+    "",
+    f"![final bpc]({FINAL_PNG})",
+    "",
+  ]
   _write_text(os.path.join(workdir, REPORT_FILE), "\n".join(lines))
   plot_curves(os.path.join(workdir, CURVES_PNG), records, regimens)
   plot_final(os.path.join(workdir, FINAL_PNG), records, regimens)
@@ -361,35 +450,55 @@ def _savefig_atomic(fig, path: str):
 def plot_curves(path: str, records, regimens):
   """Validation curves: all steps (left) and the second half, zoomed (right)."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
   zoom_vals = []
   for reg in regimens:
-    rs = [r for r in records if r["regimen"] == reg.name
-          and r["status"] == "ok" and r["curve"]]
+    rs = [
+      r
+      for r in records
+      if r["regimen"] == reg.name and r["status"] == "ok" and r["curve"]
+    ]
     if not rs:
       continue
     steps = np.array([p["step"] for p in rs[0]["curve"]])
-    vals = np.array([[p["val_bpc"] if p["val_bpc"] is not None else np.nan
-                      for p in r["curve"]] for r in rs], np.float64)
+    vals = np.array(
+      [
+        [
+          p["val_bpc"] if p["val_bpc"] is not None else np.nan
+          for p in r["curve"]
+        ]
+        for r in rs
+      ],
+      np.float64,
+    )
     mean = np.nanmean(vals, 0)
     style = "--" if reg.objective.startswith(("explicit", "implicit")) else "-"
     half = steps >= steps.max() / 2
     zoom_vals.extend(vals[:, half].ravel().tolist())
     for ax in axes:
-      line, = ax.plot(steps, mean, marker=".", label=reg.name,
-                      linestyle=style)
+      (line,) = ax.plot(
+        steps, mean, marker=".", label=reg.name, linestyle=style
+      )
       if len(rs) > 1:
-        ax.fill_between(steps, np.nanmin(vals, 0), np.nanmax(vals, 0),
-                        color=line.get_color(), alpha=0.15)
+        ax.fill_between(
+          steps,
+          np.nanmin(vals, 0),
+          np.nanmax(vals, 0),
+          color=line.get_color(),
+          alpha=0.15,
+        )
   zoom = np.asarray(zoom_vals, np.float64)
   zoom = zoom[np.isfinite(zoom)]
   if zoom.size:
     pad = 0.1 * max(zoom.max() - zoom.min(), 1e-3)
     axes[1].set_ylim(zoom.min() - pad, zoom.max() + pad)
-    xmax = max(p["step"] for r in records if r["status"] == "ok"
-               for p in r["curve"])
+    xmax = max(
+      p["step"] for r in records if r["status"] == "ok" for p in r["curve"]
+    )
     axes[1].set_xlim(xmax / 2 * 0.95, xmax * 1.02)
   axes[0].set_title("Validation curves (mean over seeds, band: min–max)")
   axes[1].set_title("Second half, zoomed")
@@ -404,19 +513,32 @@ def plot_curves(path: str, records, regimens):
 
 def plot_final(path: str, records, regimens):
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   names = [r.name for r in regimens]
   fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names) + 2), 4.5))
   x = np.arange(len(names))
-  for off, key, label in ((-0.2, "val_bpc", "validation"),
-                          (0.2, "test_bpc", "test")):
+  for off, key, label in (
+    (-0.2, "val_bpc", "validation"),
+    (0.2, "test_bpc", "test"),
+  ):
     st = [stat(records, n, key) for n in names]
-    ax.bar(x + off, [s.mean if s.n else 0 for s in st], width=0.4,
-           yerr=[s.std if s.n > 1 else 0 for s in st], capsize=3,
-           label=label)
-  vals = [stat(records, n, k).mean for n in names
-          for k in ("val_bpc", "test_bpc") if stat(records, n, k).n]
+    ax.bar(
+      x + off,
+      [s.mean if s.n else 0 for s in st],
+      width=0.4,
+      yerr=[s.std if s.n > 1 else 0 for s in st],
+      capsize=3,
+      label=label,
+    )
+  vals = [
+    stat(records, n, k).mean
+    for n in names
+    for k in ("val_bpc", "test_bpc")
+    if stat(records, n, k).n
+  ]
   if vals:
     lo, hi = min(vals), max(vals)
     pad = max(0.05, 0.5 * (hi - lo))

@@ -18,6 +18,7 @@ import numpy as np
 
 class Summary(NamedTuple):
   """Mean, sample SD and count of one metric over seeds."""
+
   mean: float
   sd: float
   n: int
@@ -40,8 +41,9 @@ def summarize(values: Iterable, *, single_sd: float = 0.0) -> Summary:
   return Summary(float(v.mean()), sd, int(v.size))
 
 
-def se_of_difference(sd1: float, n1: int, sd2: float, n2: int, *,
-                     min_n: int = 1) -> float:
+def se_of_difference(
+  sd1: float, n1: int, sd2: float, n2: int, *, min_n: int = 1
+) -> float:
   """Standard error of a difference of two seed means.
 
   ``sqrt(sd1^2 / n1 + sd2^2 / n2)`` (Welch); NaN when either side has fewer
@@ -49,12 +51,18 @@ def se_of_difference(sd1: float, n1: int, sd2: float, n2: int, *,
   """
   if n1 < max(min_n, 1) or n2 < max(min_n, 1):
     return float("nan")
-  return math.sqrt(sd1 ** 2 / n1 + sd2 ** 2 / n2)
+  return math.sqrt(sd1**2 / n1 + sd2**2 / n2)
 
 
-def is_clear(diff: float, se: float, *, n_se: float = 2.0,
-             min_effect: float = 0.0, zero_se_ok: bool = False,
-             unknown_se_ok: bool = False) -> bool:
+def is_clear(
+  diff: float,
+  se: float,
+  *,
+  n_se: float = 2.0,
+  min_effect: float = 0.0,
+  zero_se_ok: bool = False,
+  unknown_se_ok: bool = False,
+) -> bool:
   """The 2-SE rule: ``|diff| > n_se * se`` and ``|diff| > min_effect``.
 
   Args:

@@ -61,16 +61,16 @@ def hidden_model(params, x, sites):
 def hidden_params(key, d_in=3, d_h=4, d_out=2, readout_scale=1.0):
   k = jax.random.split(key, 4)
   return {
-      "w1": jax.random.normal(k[0], (d_in, d_h)),
-      "b1": 0.1 * jax.random.normal(k[1], (d_h,)),
-      "w2": readout_scale * jax.random.normal(k[2], (d_h, d_out)),
-      "b2": 0.1 * jax.random.normal(k[3], (d_out,)),
+    "w1": jax.random.normal(k[0], (d_in, d_h)),
+    "b1": 0.1 * jax.random.normal(k[1], (d_h,)),
+    "w2": readout_scale * jax.random.normal(k[2], (d_h, d_out)),
+    "b2": 0.1 * jax.random.normal(k[3], (d_out,)),
   }
 
 
 def recurrent_model(params, x, sites):
   """Tokens [B, T, d] -> outputs [B, T, K]; h_t also feeds z_{t+1}."""
-  h = sites("emb", jnp.tanh(x @ params["w1"]))                 # [B, T, H]
+  h = sites("emb", jnp.tanh(x @ params["w1"]))  # [B, T, H]
   prev = jnp.pad(h, ((0, 0), (1, 0), (0, 0)))[:, :-1]
   return (h + 0.7 * prev) @ params["w2"]
 
@@ -83,10 +83,14 @@ def mlp(params, x, sites):
 
 def init(key, sizes=(4, 6, 5, 3)):
   ks = jax.random.split(key, len(sizes) - 1)
-  return {f"w{i + 1}": jax.random.normal(k, (a, b)) / np.sqrt(a)
-          for i, (k, a, b) in enumerate(zip(ks, sizes[:-1], sizes[1:]))}
+  return {
+    f"w{i + 1}": jax.random.normal(k, (a, b)) / np.sqrt(a)
+    for i, (k, a, b) in enumerate(zip(ks, sizes[:-1], sizes[1:]))
+  }
 
 
 PARAMS = init(jax.random.key(0))
-BATCH = (jax.random.normal(jax.random.key(1), (6, 4)),
-         jnp.array([0, 1, 2, 0, 1, 2]))
+BATCH = (
+  jax.random.normal(jax.random.key(1), (6, 4)),
+  jnp.array([0, 1, 2, 0, 1, 2]),
+)

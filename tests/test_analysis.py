@@ -25,8 +25,10 @@ def _distinct(rng, shape):
 def _mlp_params(rng, sizes=(6, 10, 8, 4)):
   p = {}
   for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-    p[f"dense{i}"] = {"kernel": _distinct(rng, (a, b)),
-                      "bias": rng.normal(size=b).astype(np.float32)}
+    p[f"dense{i}"] = {
+      "kernel": _distinct(rng, (a, b)),
+      "bias": rng.normal(size=b).astype(np.float32),
+    }
   return p
 
 
@@ -38,8 +40,9 @@ def _mlp_params(rng, sizes=(6, 10, 8, 4)):
 def test_weight_granularity_zeroes_smallest_per_column():
   rng = np.random.default_rng(0)
   w = _distinct(rng, (10, 7))
-  pruned, masks = an.magnitude_prune({"k": w}, 0.35, granularity="weight",
-                                     exclude=())
+  pruned, masks = an.magnitude_prune(
+    {"k": w}, 0.35, granularity="weight", exclude=()
+  )
   k = math.floor(0.35 * 10)  # 3
   out = np.asarray(pruned["k"])
   m = np.asarray(masks["k"])
@@ -80,8 +83,9 @@ def test_unit_granularity_zeroes_lowest_norm_columns():
   rng = np.random.default_rng(2)
   w = rng.normal(size=(6, 8)).astype(np.float32)
   w *= np.arange(1, 9, dtype=np.float32)[rng.permutation(8)]  # distinct norms
-  pruned, masks = an.magnitude_prune({"k": w}, 0.3, granularity="unit",
-                                     exclude=())
+  pruned, masks = an.magnitude_prune(
+    {"k": w}, 0.3, granularity="unit", exclude=()
+  )
   k = math.floor(0.3 * 8)  # 2
   norms = np.linalg.norm(w, axis=0)
   dropped = set(np.argsort(norms)[:k].tolist())
@@ -91,8 +95,9 @@ def test_unit_granularity_zeroes_lowest_norm_columns():
   kept = [j for j in range(8) if j not in dropped]
   np.testing.assert_array_equal(out[:, kept], w[:, kept])
   # Exactly k columns even when norms tie: all columns equal here.
-  _, masks = an.magnitude_prune({"k": np.ones((3, 10), np.float32)}, 0.25,
-                                granularity="unit", exclude=())
+  _, masks = an.magnitude_prune(
+    {"k": np.ones((3, 10), np.float32)}, 0.25, granularity="unit", exclude=()
+  )
   m = np.asarray(masks["k"])
   assert (~m.all(axis=0)).sum() == 2
 
@@ -100,8 +105,10 @@ def test_unit_granularity_zeroes_lowest_norm_columns():
 def test_global_granularity_count_and_threshold():
   rng = np.random.default_rng(3)
   allw = _distinct(rng, (5 * 4 + 4 * 6,)).ravel()
-  p = {"a": {"kernel": allw[:20].reshape(5, 4)},
-       "b": {"kernel": allw[20:].reshape(4, 6)}}
+  p = {
+    "a": {"kernel": allw[:20].reshape(5, 4)},
+    "b": {"kernel": allw[20:].reshape(4, 6)},
+  }
   pruned, masks = an.magnitude_prune(p, 0.4, granularity="global", exclude=())
   k = math.floor(0.4 * 44)  # 17
   n_zero = sum(int((~np.asarray(masks[n]["kernel"])).sum()) for n in "ab")
@@ -109,8 +116,9 @@ def test_global_granularity_count_and_threshold():
   cut = np.sort(np.abs(allw))[k]
   for n in "ab":
     w = np.asarray(p[n]["kernel"])
-    np.testing.assert_array_equal(np.asarray(pruned[n]["kernel"]),
-                                  np.where(np.abs(w) >= cut, w, 0))
+    np.testing.assert_array_equal(
+      np.asarray(pruned[n]["kernel"]), np.where(np.abs(w) >= cut, w, 0)
+    )
 
 
 def test_default_exclude_and_biases_untouched():
@@ -119,12 +127,14 @@ def test_default_exclude_and_biases_untouched():
   for g in an.GRANULARITIES:
     pruned, masks = an.magnitude_prune(p, 0.5, granularity=g)
     for name in ("dense0", "dense2"):  # first and last kernel
-      np.testing.assert_array_equal(np.asarray(pruned[name]["kernel"]),
-                                    p[name]["kernel"])
+      np.testing.assert_array_equal(
+        np.asarray(pruned[name]["kernel"]), p[name]["kernel"]
+      )
       assert np.asarray(masks[name]["kernel"]).all()
     for name in p:
-      np.testing.assert_array_equal(np.asarray(pruned[name]["bias"]),
-                                    p[name]["bias"])
+      np.testing.assert_array_equal(
+        np.asarray(pruned[name]["bias"]), p[name]["bias"]
+      )
       assert masks[name]["bias"] is None
     assert not np.asarray(masks["dense1"]["kernel"]).all()
 
@@ -133,13 +143,16 @@ def test_exclude_indices_and_callable():
   rng = np.random.default_rng(5)
   p = _mlp_params(rng)
   pruned, _ = an.magnitude_prune(p, 0.5, exclude=(-2,))
-  np.testing.assert_array_equal(np.asarray(pruned["dense1"]["kernel"]),
-                                p["dense1"]["kernel"])
+  np.testing.assert_array_equal(
+    np.asarray(pruned["dense1"]["kernel"]), p["dense1"]["kernel"]
+  )
   assert (np.asarray(pruned["dense0"]["kernel"]) == 0).any()
   pruned, _ = an.magnitude_prune(
-      p, 0.5, exclude=lambda path, leaf: path.startswith("dense2"))
-  np.testing.assert_array_equal(np.asarray(pruned["dense2"]["kernel"]),
-                                p["dense2"]["kernel"])
+    p, 0.5, exclude=lambda path, leaf: path.startswith("dense2")
+  )
+  np.testing.assert_array_equal(
+    np.asarray(pruned["dense2"]["kernel"]), p["dense2"]["kernel"]
+  )
   assert (np.asarray(pruned["dense0"]["kernel"]) == 0).any()
   with pytest.raises(ValueError, match="out of range"):
     an.magnitude_prune(p, 0.5, exclude=(3,))
@@ -178,7 +191,6 @@ def test_magnitude_prune_on_nnx_state():
   from flax import nnx
 
   class Net(nnx.Module):
-
     def __init__(self, rngs):
       self.l1 = nnx.Linear(6, 5, rngs=rngs)
       self.l2 = nnx.Linear(5, 4, rngs=rngs)
@@ -187,11 +199,16 @@ def test_magnitude_prune_on_nnx_state():
   _, state = nnx.split(Net(nnx.Rngs(0)))
   pruned, masks = an.magnitude_prune(state, 0.4)
   assert [p for p, _ in an.kernel_list(state)] == [
-      "l1/kernel/value", "l2/kernel/value", "l3/kernel/value"]
+    "l1/kernel/value",
+    "l2/kernel/value",
+    "l3/kernel/value",
+  ]
   k2 = np.asarray(pruned["l2"]["kernel"][...])
   assert list((k2 == 0).sum(axis=0)) == [2] * 4
-  np.testing.assert_array_equal(np.asarray(pruned["l1"]["kernel"][...]),
-                                np.asarray(state["l1"]["kernel"][...]))
+  np.testing.assert_array_equal(
+    np.asarray(pruned["l1"]["kernel"][...]),
+    np.asarray(state["l1"]["kernel"][...]),
+  )
   again = an.apply_masks(state, masks)
   np.testing.assert_array_equal(np.asarray(again["l2"]["kernel"][...]), k2)
 
@@ -204,8 +221,11 @@ def test_magnitude_prune_on_nnx_state():
 def test_prune_curve_auc_and_contiguous_tolerance():
   rng = np.random.default_rng(8)
   # dict keys flatten in sorted order: a, b, c is the layer order
-  p = {"a": _distinct(rng, (3, 100)), "b": _distinct(rng, (100, 5)),
-       "c": _distinct(rng, (5, 2))}
+  p = {
+    "a": _distinct(rng, (3, 100)),
+    "b": _distinct(rng, (100, 5)),
+    "c": _distinct(rng, (5, 2)),
+  }
   table = {0: 0.900, 10: 0.895, 20: 0.905, 30: 0.870, 40: 0.899, 50: 0.500}
 
   def evaluate(params):
@@ -230,8 +250,11 @@ def test_prune_curve_auc_and_contiguous_tolerance():
 
 def test_prune_curve_baseline_without_zero():
   rng = np.random.default_rng(9)
-  p = {"a": _distinct(rng, (2, 4)), "b": _distinct(rng, (4, 10)),
-       "c": _distinct(rng, (10, 1))}
+  p = {
+    "a": _distinct(rng, (2, 4)),
+    "b": _distinct(rng, (4, 10)),
+    "c": _distinct(rng, (10, 1)),
+  }
   calls = []
 
   def evaluate(params):
@@ -257,7 +280,8 @@ def test_polynomial_sparsity_values():
   assert float(an.polynomial_sparsity(10_000, **kw)) == pytest.approx(0.9)
   # step 200: p = 0.25 -> 0.9 - 0.4 * 0.75**3
   assert float(an.polynomial_sparsity(200, **kw)) == pytest.approx(
-      0.9 - 0.4 * 0.421875, abs=1e-6)
+    0.9 - 0.4 * 0.421875, abs=1e-6
+  )
   traced = jax.jit(lambda s: an.polynomial_sparsity(s, **kw))(jnp.int32(300))
   assert float(traced) == pytest.approx(0.9 - 0.4 * 0.125, abs=1e-6)
   # Filan et al.'s schedule: 0.5 -> 0.9 over 9380 steps.
@@ -270,11 +294,14 @@ def test_polynomial_sparsity_values():
 
 
 def test_is_mask_update_step():
-  got = [bool(an.is_mask_update_step(s, begin_step=5, end_step=25))
-         for s in (0, 5, 10, 15, 17, 25, 35)]
+  got = [
+    bool(an.is_mask_update_step(s, begin_step=5, end_step=25))
+    for s in (0, 5, 10, 15, 17, 25, 35)
+  ]
   assert got == [False, True, False, True, False, True, False]
   got = jax.jit(lambda s: an.is_mask_update_step(s, end_step=100))(
-      jnp.int32(40))
+    jnp.int32(40)
+  )
   assert bool(got)
 
 
@@ -309,8 +336,9 @@ def test_layerwise_masks_traced_sparsity_and_apply():
     w = out[name]["kernel"]
     n = w.size
     assert int((np.asarray(w) != 0).sum()) == max(1, round(n * 0.1))
-    np.testing.assert_array_equal(np.asarray(out[name]["bias"]),
-                                  p[name]["bias"])
+    np.testing.assert_array_equal(
+      np.asarray(out[name]["bias"]), p[name]["bias"]
+    )
 
 
 # --------------------------------------------------------------------------
@@ -321,13 +349,16 @@ def test_layerwise_masks_traced_sparsity_and_apply():
 def test_hoyer_known_values():
   assert float(an.hoyer_sparsity(np.eye(1, 9)[0])) == pytest.approx(1.0)
   assert float(an.hoyer_sparsity(-2.5 * np.ones(16))) == pytest.approx(
-      0.0, abs=1e-6)
+    0.0, abs=1e-6
+  )
   # [3, 4, 0, 0]: l1 = 7, l2 = 5, sqrt(n) = 2 -> (2 - 1.4) / 1
-  assert float(an.hoyer_sparsity(np.array([3., -4., 0., 0.]))) == \
-      pytest.approx(0.6, abs=1e-6)
+  assert float(
+    an.hoyer_sparsity(np.array([3.0, -4.0, 0.0, 0.0]))
+  ) == pytest.approx(0.6, abs=1e-6)
   x = np.random.default_rng(0).normal(size=50)
   assert float(an.hoyer_sparsity(x)) == pytest.approx(
-      float(an.hoyer_sparsity(1e3 * x)), abs=1e-6)
+    float(an.hoyer_sparsity(1e3 * x)), abs=1e-6
+  )
   assert math.isnan(float(an.hoyer_sparsity(np.zeros(4))))
   with pytest.raises(ValueError):
     an.hoyer_sparsity(np.ones(1))
@@ -343,8 +374,9 @@ def test_gini_known_values():
   # G = 1 - 2 * (3/7 * 1.5/4 + 4/7 * 0.5/4) = 1 - 13/28 = 15/28
   w = np.array([4.0, 0.0, -3.0, 0.0])
   assert float(an.gini_index(w)) == pytest.approx(15 / 28, abs=1e-6)
-  assert float(an.gini_index(w[::-1] * 0.01)) == pytest.approx(15 / 28,
-                                                               abs=1e-6)
+  assert float(an.gini_index(w[::-1] * 0.01)) == pytest.approx(
+    15 / 28, abs=1e-6
+  )
 
 
 def test_epsilon_and_exact_sparsity():
@@ -357,7 +389,8 @@ def test_epsilon_and_exact_sparsity():
   sd = k1.std()
   expected = np.mean(np.abs(k1) <= 0.1 * sd)
   assert an.epsilon_sparsity({"a": k1}, (0.1,), relative_to="std") == {
-      0.1: expected}
+    0.1: expected
+  }
   assert an.exact_sparsity(p) == pytest.approx(6 / 10)
   assert an.exact_sparsity(p, exclude=(1,)) == 0.0
   with pytest.raises(ValueError, match="'max', 'std'"):
@@ -365,14 +398,19 @@ def test_epsilon_and_exact_sparsity():
 
 
 def test_dead_unit_fraction():
-  h = np.array([[0.0, 0.3, 0.0, 0.0, 1.0],
-                [0.0, 0.0, 0.05, -1.0, 2.0],
-                [0.0, 0.0, 0.0, 0.0, 0.5],
-                [-0.2, 0.0, 0.02, 0.0, 0.1]])
+  h = np.array(
+    [
+      [0.0, 0.3, 0.0, 0.0, 1.0],
+      [0.0, 0.0, 0.05, -1.0, 2.0],
+      [0.0, 0.0, 0.0, 0.0, 0.5],
+      [-0.2, 0.0, 0.02, 0.0, 0.1],
+    ]
+  )
   assert float(an.dead_unit_fraction(h)) == pytest.approx(2 / 5)
   assert float(an.dead_unit_fraction(h, tol=0.1)) == pytest.approx(3 / 5)
   assert float(an.dead_unit_fraction(h.reshape(2, 2, 5))) == pytest.approx(
-      2 / 5)
+    2 / 5
+  )
   with pytest.raises(ValueError):
     an.dead_unit_fraction(np.zeros(5))
 
@@ -401,8 +439,11 @@ def test_compressed_bits_per_weight():
     assert 7.9 < b < 8.2, (comp, b)
   b4 = an.compressed_bits_per_weight(uniform, bits=4)
   assert 3.9 < b4 < 5.0
-  half = {"k": np.where(rng.random((256, 256)) < 0.9, 0.0,
-                        uniform["k"]).astype(np.float32)}
+  half = {
+    "k": np.where(rng.random((256, 256)) < 0.9, 0.0, uniform["k"]).astype(
+      np.float32
+    )
+  }
   assert an.compressed_bits_per_weight(half) < 2.5
   with pytest.raises(ValueError, match="'zlib', 'lzma'"):
     an.compressed_bits_per_weight(zeros, compressor="gzip")
@@ -417,7 +458,8 @@ def test_sparsity_report_consistent():
   assert r["n_weights"] == 6 * 10 + 10 * 8 + 8 * 4
   assert r["exact_sparsity"] == pytest.approx(an.exact_sparsity(pruned))
   assert r["compression_ratio"] == pytest.approx(
-      r["n_weights"] / r["n_nonzero"])
+    r["n_weights"] / r["n_nonzero"]
+  )
   mid = r["layers"][1]
   assert mid["path"] == "dense1/kernel" and mid["zero_unit_fraction"] == 0.5
   assert r["layers"][0]["zero_unit_fraction"] == 0.0
@@ -454,12 +496,20 @@ def test_weight_graph_layout():
 
 
 def test_remove_isolated_nodes():
-  w1 = np.array([[1.0, 0.0, 0.0],
-                 [0.0, 0.0, 0.0],    # input 1: isolated
-                 [2.0, 0.0, 1.0]])
-  w2 = np.array([[1.0, 0.0],
-                 [0.0, 0.0],         # hidden 1: no in, no out -> isolated
-                 [0.0, 0.0]])        # hidden 2: has an input edge -> kept
+  w1 = np.array(
+    [
+      [1.0, 0.0, 0.0],
+      [0.0, 0.0, 0.0],  # input 1: isolated
+      [2.0, 0.0, 1.0],
+    ]
+  )
+  w2 = np.array(
+    [
+      [1.0, 0.0],
+      [0.0, 0.0],  # hidden 1: no in, no out -> isolated
+      [0.0, 0.0],
+    ]
+  )  # hidden 2: has an input edge -> kept
   reduced, mask = an.remove_isolated_nodes([w1, w2])
   # nodes: inputs 0-2, hidden 3-5, outputs 6-7 (output 1 isolated)
   assert mask.tolist() == [True, False, True, True, False, True, True, False]
@@ -470,8 +520,9 @@ def test_remove_isolated_nodes():
 
 
 def test_ncut_hand_computed():
-  a = np.array([[0, 2, 0, 0], [2, 0, 1, 0], [0, 1, 0, 3], [0, 0, 3, 0]],
-               dtype=float)
+  a = np.array(
+    [[0, 2, 0, 0], [2, 0, 1, 0], [0, 1, 0, 3], [0, 0, 3, 0]], dtype=float
+  )
   # degrees 2, 3, 4, 3; cluster {0,1}: cut 1, vol 5; {2,3}: cut 1, vol 7
   assert an.ncut(a, [0, 0, 1, 1]) == pytest.approx(1 / 5 + 1 / 7, rel=1e-7)
   # {0}: cut 2 vol 2; {1,2,3}: cut 2 vol 10
@@ -479,6 +530,7 @@ def test_ncut_hand_computed():
   assert an.ncut(a, [0, 1, 2, 3]) == pytest.approx(4.0)  # singletons: K
   assert an.ncut(a, [0, 0, 0, 0]) == 0.0
   from scipy import sparse
+
   assert an.ncut(sparse.csr_array(a), [0, 0, 1, 1]) == pytest.approx(12 / 35)
   with pytest.raises(ValueError):
     an.ncut(-a, [0, 0, 1, 1])
@@ -550,8 +602,9 @@ def test_clusterability_planted_modules_significant():
   rng = np.random.default_rng(16)
   ws = _planted_mlp(rng, [24, 24, 24, 8], n_modules=4, cross=0.02)
   n_shuffles = 10
-  r = an.clusterability(ws, n_clusters=4, n_shuffles=n_shuffles,
-                        key=jax.random.key(0))
+  r = an.clusterability(
+    ws, n_clusters=4, n_shuffles=n_shuffles, key=jax.random.key(0)
+  )
   assert r.n_nodes == 80 and r.labels.shape == (80,)
   assert r.p_value == pytest.approx(1 / (n_shuffles + 1))
   assert r.significant
@@ -560,7 +613,7 @@ def test_clusterability_planted_modules_significant():
   s = r.shuffled_ncuts
   assert s.shape == (n_shuffles,)
   assert r.shuffled_mean == pytest.approx(s.mean())
-  assert r.shuffled_std == pytest.approx(np.sqrt(np.mean((s - s.mean())**2)))
+  assert r.shuffled_std == pytest.approx(np.sqrt(np.mean((s - s.mean()) ** 2)))
   assert r.z == pytest.approx((r.ncut - s.mean()) / r.shuffled_std)
   # the clustering recovers the planted modules: n-cut near the planted one
   truth = np.concatenate([np.arange(s) % 4 for s in (24, 24, 24, 8)])
@@ -569,11 +622,15 @@ def test_clusterability_planted_modules_significant():
 
 def test_clusterability_random_mlp_not_significant():
   rng = np.random.default_rng(17)
-  ws = [rng.normal(size=(20, 24)), rng.normal(size=(24, 24)),
-        rng.normal(size=(24, 6))]
+  ws = [
+    rng.normal(size=(20, 24)),
+    rng.normal(size=(24, 24)),
+    rng.normal(size=(24, 6)),
+  ]
   n_shuffles = 10
-  r = an.clusterability(ws, n_clusters=4, n_shuffles=n_shuffles,
-                        key=jax.random.key(1))
+  r = an.clusterability(
+    ws, n_clusters=4, n_shuffles=n_shuffles, key=jax.random.key(1)
+  )
   assert r.p_value > 1 / (n_shuffles + 1)
   assert not r.significant
   assert abs(r.z) < 3
@@ -584,24 +641,38 @@ def test_clusterability_random_mlp_not_significant():
 def test_clusterability_pruned_net_deletes_isolated_nodes():
   rng = np.random.default_rng(18)
   ws = [rng.normal(size=(16, 12)), rng.normal(size=(12, 4))]
-  ws[0][3, :] = 0.0   # input 3 isolated
-  ws[0][:, 5] = 0.0   # hidden 5 isolated (also no outgoing weights)
+  ws[0][3, :] = 0.0  # input 3 isolated
+  ws[0][:, 5] = 0.0  # hidden 5 isolated (also no outgoing weights)
   ws[1][5, :] = 0.0
-  params = {"a": {"kernel": ws[0], "bias": np.ones(12)},
-            "b": {"kernel": ws[1]}}
-  r = an.clusterability(params, n_clusters=2, n_shuffles=3,
-                        key=jax.random.key(7), shuffle="layer_nonzero")
+  params = {"a": {"kernel": ws[0], "bias": np.ones(12)}, "b": {"kernel": ws[1]}}
+  r = an.clusterability(
+    params,
+    n_clusters=2,
+    n_shuffles=3,
+    key=jax.random.key(7),
+    shuffle="layer_nonzero",
+  )
   assert r.n_nodes == 16 + 12 + 4 - 2
   assert not r.node_mask[3] and not r.node_mask[16 + 5]
   assert r.node_mask.sum() == r.n_nodes
   # reproducible for a key, and the key matters
-  r2 = an.clusterability(params, n_clusters=2, n_shuffles=3,
-                         key=jax.random.key(7), shuffle="layer_nonzero")
+  r2 = an.clusterability(
+    params,
+    n_clusters=2,
+    n_shuffles=3,
+    key=jax.random.key(7),
+    shuffle="layer_nonzero",
+  )
   assert r2.ncut == r.ncut
   np.testing.assert_array_equal(r2.shuffled_ncuts, r.shuffled_ncuts)
   np.testing.assert_array_equal(r2.labels, r.labels)
-  r3 = an.clusterability(params, n_clusters=2, n_shuffles=3,
-                         key=jax.random.key(8), shuffle="layer_nonzero")
+  r3 = an.clusterability(
+    params,
+    n_clusters=2,
+    n_shuffles=3,
+    key=jax.random.key(8),
+    shuffle="layer_nonzero",
+  )
   assert not np.array_equal(r3.shuffled_ncuts, r.shuffled_ncuts)
   with pytest.raises(ValueError):
     an.clusterability(ws, n_shuffles=0, key=0)

@@ -11,15 +11,23 @@ import pytest
 
 from benchmarks import data_parallel, run, steps, timing, torch_peer
 
-REQUIRED_RECORD = ("model", "regimen", "median_ms", "compile_ms",
-                   "ratio_to_dropout", "flops", "flop_ratio_to_dropout",
-                   "peak_bytes")
+REQUIRED_RECORD = (
+  "model",
+  "regimen",
+  "median_ms",
+  "compile_ms",
+  "ratio_to_dropout",
+  "flops",
+  "flop_ratio_to_dropout",
+  "peak_bytes",
+)
 
 
 def test_micro_run_writes_json_and_markdown(tmp_path):
   out = str(tmp_path / "micro.json")
-  result = run.main(["--out", out, "--micro", "--sections", "regimens",
-                     "torch_peer"])
+  result = run.main(
+    ["--out", out, "--micro", "--sections", "regimens", "torch_peer"]
+  )
   with open(out) as f:
     data = json.load(f)
   assert data["config_name"] == "micro"
@@ -37,7 +45,7 @@ def test_micro_run_writes_json_and_markdown(tmp_path):
   ref = next(r for r in main if r["regimen"] == "dropout")
   assert ref["ratio_to_dropout"] == 1.0 and ref["flop_ratio_to_dropout"] == 1.0
   ei = next(r for r in main if r["regimen"] == "explicit_implicit")
-  assert ei["flop_ratio_to_dropout"] > 1.0   # double backward costs FLOPs
+  assert ei["flop_ratio_to_dropout"] > 1.0  # double backward costs FLOPs
   md = open(str(tmp_path / "micro.md")).read()
   assert "| mlp-20-16-16-10 | explicit_implicit |" in md
   assert result["records"] == data["records"]
@@ -45,14 +53,23 @@ def test_micro_run_writes_json_and_markdown(tmp_path):
   if torch_peer.available():
     peer = [r for r in data["records"] if r["experiment"] == "torch_peer"]
     assert {(r["framework"], r["regimen"]) for r in peer} == {
-        (fw, reg) for fw in ("jax", "pytorch")
-        for reg in ("dropout", "explicit_implicit")}
+      (fw, reg)
+      for fw in ("jax", "pytorch")
+      for reg in ("dropout", "explicit_implicit")
+    }
     assert all(r["ratio_dropjax_to_pytorch"] > 0 for r in peer)
 
 
 def test_data_parallel_subprocess_uses_fake_devices():
-  res = data_parallel.run(devices=2, width=8, batch=8, repeats=2, warmup=1,
-                          regimens=("none",), timeout=300)
+  res = data_parallel.run(
+    devices=2,
+    width=8,
+    batch=8,
+    repeats=2,
+    warmup=1,
+    regimens=("none",),
+    timeout=300,
+  )
   assert not res.get("error"), res.get("error")
   assert res["device_count"] == 2
   assert sorted(r["devices"] for r in res["records"]) == [1, 2]
@@ -64,7 +81,7 @@ def test_interleaved_timing_rotates_and_ratios_are_paired():
   order = []
   calls = {n: (lambda n=n: order.append(n)) for n in "abc"}
   times = timing.time_interleaved(calls, repeats=3, warmup=1)
-  assert order[:3] == list("abc")                         # warm-up
+  assert order[:3] == list("abc")  # warm-up
   assert order[3:] == list("abc") + list("bca") + list("cab")
   assert all(len(t) == 3 for t in times.values())
   assert timing.paired_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == 2.0
@@ -92,9 +109,10 @@ def _peer_inputs():
   x = jnp.asarray(x, jnp.float64)
   y_hat = jax.random.randint(jax.random.key(5), y.shape, 0, 4)
   names = sorted(model.rates)
-  signs = {n: jax.random.rademacher(jax.random.key(10 + i), (6, 12),
-                                    jnp.float64)
-           for i, n in enumerate(names)}
+  signs = {
+    n: jax.random.rademacher(jax.random.key(10 + i), (6, 12), jnp.float64)
+    for i, n in enumerate(names)
+  }
   return model, params, x, y, y_hat, signs, names
 
 
@@ -104,35 +122,47 @@ def test_torch_peer_computes_the_same_values_and_gradients():
     model, params, x, y, y_hat, signs, names = _peer_inputs()
 
     def terms(p):
-      return steps.analytic_terms(model.apply, p, x, y, rates=model.rates,
-                                  y_hat=y_hat, signs=signs)
+      return steps.analytic_terms(
+        model.apply, p, x, y, rates=model.rates, y_hat=y_hat, signs=signs
+      )
 
     want = jax.jit(terms)(params)
     grads = jax.jit(jax.grad(lambda p: terms(p)["total"]))(params)
-    peer = torch_peer.PeerMLP(torch_peer.mlp_weights(params),
-                              dtype=torch.float64)
+    peer = torch_peer.PeerMLP(
+      torch_peer.mlp_weights(params), dtype=torch.float64
+    )
     got = torch_peer.analytic_terms(
-        peer, torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y)),
-        [model.rates[n] for n in names],
-        y_hat=torch.tensor(np.asarray(y_hat)),
-        signs=[torch.tensor(np.asarray(signs[n])) for n in names])
+      peer,
+      torch.tensor(np.asarray(x)),
+      torch.tensor(np.asarray(y)),
+      [model.rates[n] for n in names],
+      y_hat=torch.tensor(np.asarray(y_hat)),
+      signs=[torch.tensor(np.asarray(signs[n])) for n in names],
+    )
     for k in ("data", "explicit", "implicit", "total"):
-      np.testing.assert_allclose(float(got[k].detach()), float(want[k]),
-                                 rtol=1e-12, atol=1e-14, err_msg=k)
+      np.testing.assert_allclose(
+        float(got[k].detach()),
+        float(want[k]),
+        rtol=1e-12,
+        atol=1e-14,
+        err_msg=k,
+      )
     assert abs(float(want["explicit"])) > 1e-3
     assert abs(float(want["implicit"])) > 1e-3
     got["total"].backward()
     flat = [a for kb in torch_peer.mlp_weights(grads) for a in kb]
     for g_jax, p_torch in zip(flat, peer.params):
-      np.testing.assert_allclose(p_torch.grad.numpy(), g_jax, rtol=1e-10,
-                                 atol=1e-12)
+      np.testing.assert_allclose(
+        p_torch.grad.numpy(), g_jax, rtol=1e-10, atol=1e-12
+      )
 
 
 def test_torch_peer_trainer_steps_run():
   pytest.importorskip("torch")
   model = steps.mlp(width=8, batch=4, d_in=5, n_out=3)
-  trainer = torch_peer.PeerTrainer(torch_peer.mlp_weights(model.params),
-                                   *model.batch, [0.5, 0.5])
+  trainer = torch_peer.PeerTrainer(
+    torch_peer.mlp_weights(model.params), *model.batch, [0.5, 0.5]
+  )
   for r in torch_peer.PeerTrainer.REGIMENS:
     assert np.isfinite(trainer.step(r))
   with pytest.raises(ValueError, match="valid"):
@@ -144,6 +174,7 @@ def test_given_labels_helper_reproduces_the_library_objective():
   deterministic helper the peer is checked against gives the objective's
   own terms: the peer check covers what the benchmark times."""
   from dropjax import implicit, losses, sites
+
   model = steps.mlp(width=8, batch=4, d_in=5, n_out=3)
   key = jax.random.key(3)
   objective = steps.objective("explicit_implicit", model)
@@ -154,15 +185,16 @@ def test_given_labels_helper_reproduces_the_library_objective():
     k_exp, k_imp = jax.random.split(key)
     x, y = batch
     lin = sites.linearize_sites(model.apply, params, x)
-    y_hat = losses.sample_targets("softmax_cross_entropy", k_exp,
-                                  lin.outputs)
+    y_hat = losses.sample_targets("softmax_cross_entropy", k_exp, lin.outputs)
     signs = implicit.rademacher_signs(k_imp, lin.activations)
-    terms = steps.analytic_terms(model.apply, params, x, y,
-                                 rates=model.rates, y_hat=y_hat, signs=signs)
+    terms = steps.analytic_terms(
+      model.apply, params, x, y, rates=model.rates, y_hat=y_hat, signs=signs
+    )
     return loss, aux, terms
 
   loss, aux, terms = both(model.params, model.batch, key)
   np.testing.assert_allclose(terms["explicit"], aux["explicit"], rtol=1e-5)
-  np.testing.assert_allclose(terms["implicit"], aux["implicit"], rtol=1e-5,
-                             atol=1e-7)
+  np.testing.assert_allclose(
+    terms["implicit"], aux["implicit"], rtol=1e-5, atol=1e-7
+  )
   np.testing.assert_allclose(terms["total"], loss, rtol=1e-5)

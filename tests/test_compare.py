@@ -12,10 +12,11 @@ from experiments.configs import compare as compare_configs
 pytestmark = pytest.mark.slow
 
 HAVE_FASHION = os.path.exists(
-    os.path.join(djdata.DEFAULT_FASHION_MNIST_DIR,
-                 "train-images-idx3-ubyte.gz"))
+  os.path.join(djdata.DEFAULT_FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")
+)
 needs_data = pytest.mark.skipif(
-    not HAVE_FASHION, reason="apt-get install dataset-fashion-mnist")
+  not HAVE_FASHION, reason="apt-get install dataset-fashion-mnist"
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,15 @@ def test_smoke_writes_results_report_and_plots(smoke_run):
   assert len(on_disk["records"]) == n_expected
   assert not on_disk["failures"]
   rec = on_disk["records"][0]
-  for field in ("regimen", "seed", "setting", "test_accuracy", "test_loss",
-                "final_train_loss", "validation_curve"):
+  for field in (
+    "regimen",
+    "seed",
+    "setting",
+    "test_accuracy",
+    "test_loss",
+    "final_train_loss",
+    "validation_curve",
+  ):
     assert field in rec
   for r in on_disk["records"]:
     assert 0.0 <= r["test_accuracy"] <= 1.0
@@ -55,9 +63,11 @@ def test_rerun_skips_finished_runs(smoke_run, capsys):
   again = compare.run(config, workdir)
   out = capsys.readouterr().out
   assert out.count("finished earlier, skipped") == (
-      len(config.settings) * len(config.regimens))
+    len(config.settings) * len(config.regimens)
+  )
   assert [r["test_accuracy"] for r in again["records"]] == [
-      r["test_accuracy"] for r in first["records"]]
+    r["test_accuracy"] for r in first["records"]
+  ]
 
 
 @needs_data
@@ -66,7 +76,7 @@ def test_nan_stops_the_run_and_keeps_the_others(tmp_path):
   config.regimens = ("none", "dropout")
   config.settings = ("small",)
   config.seeds = (0,)
-  config.learning_rate = 1e30            # Adam's first step: |Δw| ~ 1e30
+  config.learning_rate = 1e30  # Adam's first step: |Δw| ~ 1e30
   config.model.layer_sizes = (784, 8, 10)
   results = compare.run(config, str(tmp_path))
   failed = {f["regimen"]: f["error"] for f in results["failures"]}

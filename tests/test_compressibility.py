@@ -39,8 +39,9 @@ def test_every_default_condition_builds_an_objective():
   # Traced (not compiled) to keep the test fast: catches wrong arguments,
   # shapes and aux keys of every condition's objective.
   config = default_config.get_config()
-  apply, params, rates = models.make_model("mlp", key=0,
-                                           layer_sizes=(12, 8, 8, 3))
+  apply, params, rates = models.make_model(
+    "mlp", key=0, layer_sizes=(12, 8, 8, 3)
+  )
   batch = (jnp.ones((4, 12)), jnp.zeros((4,), jnp.int32))
   for cond in config.conditions:
     spec = config.condition_specs[cond].to_dict()
@@ -73,15 +74,23 @@ def pruning_run():
   schedule = an.PruningSchedule(end_step=_END, frequency=_FREQ)
   snaps = []
   res = djtrain.train(
-      apply, objectives.none(apply),
-      an.masked_optimizer(djtrain.make_optimizer("adam", 1e-2)), params,
-      (x, y), seeds=(0, 1, 2), steps=_STEPS, batch_size=32,
-      chunk_size=_CHUNK,
-      hook=an.pruning_hook(schedule, an.layerwise_magnitude_masks),
-      on_nan="drop_seed", devices=1, progress=False,
-      callback=lambda info: snaps.append(
-          {"step": info["step"],
-           "params": jax.device_get(info["state"].params)}))
+    apply,
+    objectives.none(apply),
+    an.masked_optimizer(djtrain.make_optimizer("adam", 1e-2)),
+    params,
+    (x, y),
+    seeds=(0, 1, 2),
+    steps=_STEPS,
+    batch_size=32,
+    chunk_size=_CHUNK,
+    hook=an.pruning_hook(schedule, an.layerwise_magnitude_masks),
+    on_nan="drop_seed",
+    devices=1,
+    progress=False,
+    callback=lambda info: snaps.append(
+      {"step": info["step"], "params": jax.device_get(info["state"].params)}
+    ),
+  )
   res.params = res.state.params
   return res, snaps, schedule
 
@@ -144,52 +153,81 @@ def test_pruned_weights_stay_zero_after_further_updates(pruning_run):
 # Verdict rules on synthetic records.
 # ---------------------------------------------------------------------------
 
-_REGIMENS = {"control": "none", "dropout": "dropout",
-             "explicit_implicit": "explicit_implicit", "explicit": "explicit",
-             "l1": "l1", "l2": "l2", "targeted_weight": "targeted_weight",
-             "targeted_unit": "targeted_unit"}
+_REGIMENS = {
+  "control": "none",
+  "dropout": "dropout",
+  "explicit_implicit": "explicit_implicit",
+  "explicit": "explicit",
+  "l1": "l1",
+  "l2": "l2",
+  "targeted_weight": "targeted_weight",
+  "targeted_unit": "targeted_unit",
+}
 
 
 def _record(cond, seed, v):
   """A minimal 'ok' record whose metrics are the numbers in ``v``."""
   jitter = 0.01 * (seed - 1)
   g = lambda k, d: v.get(k, d) + jitter * abs(v.get(k, d) or 1)
-  curve = lambda auc, base, mx: {"auc": auc, "baseline": base,
-                                 "max_fraction_within": mx,
-                                 "fractions": [0.0, 0.5, 0.9],
-                                 "accuracies": [base, auc, auc - 0.1]}
+  curve = lambda auc, base, mx: {
+    "auc": auc,
+    "baseline": base,
+    "max_fraction_within": mx,
+    "fractions": [0.0, 0.5, 0.9],
+    "accuracies": [base, auc, auc - 0.1],
+  }
   return {
-      "condition": cond, "seed": seed, "status": "ok", "label": cond,
-      "spec": {"regimen": _REGIMENS[cond]},
-      "unpruned": {
-          "eval": {"accuracy": g("acc", 0.88)},
-          "sparsity": {"hoyer": g("hoyer", 0.3), "gini": g("gini", 0.4),
-                       "epsilon_sparsity_max": {"0.01": g("eps", 0.02)},
-                       "epsilon_sparsity_std": {"0.1": g("eps", 0.02)},
-                       "bits_per_weight": g("bits", 7.0)},
-          "activations": {"zero_fraction": 0.5, "dead_unit_fraction": 0.0},
-          "prune_curves": {
-              "weight": curve(g("w_auc", 0.7), g("acc", 0.88),
-                              v.get("w_max", 0.5) + 0.0 * seed),
-              "unit": curve(g("u_auc", 0.5), g("acc", 0.88),
-                            v.get("u_max", 0.2))},
-          "clusterability": {"ncut": g("ncut_u", 9.9), "z": g("z_u", -5.0),
-                             "shuffled_mean": 10.0, "significant": True}},
-      "pruned": {
-          "eval": {"accuracy": g("acc_p", 0.88)},
-          "sparsity": {"bits_per_weight": 1.5, "layers": []},
-          "clusterability": {"ncut": g("ncut_p", 8.7), "z": g("z_p", -10.0),
-                             "shuffled_mean": 9.0, "significant": True}},
+    "condition": cond,
+    "seed": seed,
+    "status": "ok",
+    "label": cond,
+    "spec": {"regimen": _REGIMENS[cond]},
+    "unpruned": {
+      "eval": {"accuracy": g("acc", 0.88)},
+      "sparsity": {
+        "hoyer": g("hoyer", 0.3),
+        "gini": g("gini", 0.4),
+        "epsilon_sparsity_max": {"0.01": g("eps", 0.02)},
+        "epsilon_sparsity_std": {"0.1": g("eps", 0.02)},
+        "bits_per_weight": g("bits", 7.0),
+      },
+      "activations": {"zero_fraction": 0.5, "dead_unit_fraction": 0.0},
+      "prune_curves": {
+        "weight": curve(
+          g("w_auc", 0.7), g("acc", 0.88), v.get("w_max", 0.5) + 0.0 * seed
+        ),
+        "unit": curve(g("u_auc", 0.5), g("acc", 0.88), v.get("u_max", 0.2)),
+      },
+      "clusterability": {
+        "ncut": g("ncut_u", 9.9),
+        "z": g("z_u", -5.0),
+        "shuffled_mean": 10.0,
+        "significant": True,
+      },
+    },
+    "pruned": {
+      "eval": {"accuracy": g("acc_p", 0.88)},
+      "sparsity": {"bits_per_weight": 1.5, "layers": []},
+      "clusterability": {
+        "ncut": g("ncut_p", 8.7),
+        "z": g("z_p", -10.0),
+        "shuffled_mean": 9.0,
+        "significant": True,
+      },
+    },
   }
 
 
 def _results(values_by_cond, seeds=(0, 1, 2)):
   recs = [_record(c, s, v) for c, v in values_by_cond.items() for s in seeds]
-  return {"config": {"conditions": list(values_by_cond),
-                     "condition_specs": {c: {"regimen": _REGIMENS[c]}
-                                         for c in values_by_cond},
-                     "verdict": {"n_se": 2.0}},
-          "records": recs}
+  return {
+    "config": {
+      "conditions": list(values_by_cond),
+      "condition_specs": {c: {"regimen": _REGIMENS[c]} for c in values_by_cond},
+      "verdict": {"n_se": 2.0},
+    },
+    "records": recs,
+  }
 
 
 def _by_number(results):
@@ -205,8 +243,9 @@ def test_compare_rule():
   assert c.favours == -1
   res = _results({"dropout": {"hoyer": 0.3}, "control": {"hoyer": 0.3}})
   assert rep.compare(res["records"], "dropout", "control", m).favours == 0
-  res = _results({"dropout": {"hoyer": 0.5}, "control": {"hoyer": 0.3}},
-                 seeds=(0,))
+  res = _results(
+    {"dropout": {"hoyer": 0.5}, "control": {"hoyer": 0.3}}, seeds=(0,)
+  )
   assert rep.compare(res["records"], "dropout", "control", m).favours is None
   # "lower is better" metrics flip the sign.
   res = _results({"l1": {"ncut_u": 8.0}, "l2": {"ncut_u": 9.0}})
@@ -225,23 +264,28 @@ def _study(**over):
 
 def test_verdicts_follow_the_numbers():
   sparser = {"hoyer": 0.5, "gini": 0.6, "eps": 0.05}
-  prunable = {"w_max": 0.8, "u_max": 0.5, "w_auc": 0.86, "u_auc": 0.8,
-              "acc_p": 0.88, "bits": 6.0}
+  prunable = {
+    "w_max": 0.8,
+    "u_max": 0.5,
+    "w_auc": 0.86,
+    "u_auc": 0.8,
+    "acc_p": 0.88,
+    "bits": 6.0,
+  }
   res = _study(
-      dropout=dict(sparser, **prunable),
-      explicit_implicit=dict(sparser, **prunable),
-      l1={"ncut_u": 8.4, "ncut_p": 8.0, "z_u": 11.0, "z_p": 24.0},
-      targeted_weight={"w_max": 0.9, "w_auc": 0.87, "acc_p": 0.9},
-      targeted_unit={"u_max": 0.7, "u_auc": 0.86, "acc_p": 0.9})
+    dropout=dict(sparser, **prunable),
+    explicit_implicit=dict(sparser, **prunable),
+    l1={"ncut_u": 8.4, "ncut_p": 8.0, "z_u": 11.0, "z_p": 24.0},
+    targeted_weight={"w_max": 0.9, "w_auc": 0.87, "acc_p": 0.9},
+    targeted_unit={"u_max": 0.7, "u_auc": 0.86, "acc_p": 0.9},
+  )
   v = _by_number(res)
   assert v[1].verdict == "supported"
   assert v[2].verdict == "supported"
   # L1: lower absolute n-cut, but z far above the others: mixed.
   assert v[3].verdict == "mixed"
-  assert any("Absolute n-cut" in e and "**supported**" in e
-             for e in v[3].extra)
-  assert any("shuffled" in e and "**not supported**" in e
-             for e in v[3].extra)
+  assert any("Absolute n-cut" in e and "**supported**" in e for e in v[3].extra)
+  assert any("shuffled" in e and "**not supported**" in e for e in v[3].extra)
   assert v[4].verdict == "supported"
   assert v[5].verdict == "supported"
 
@@ -250,11 +294,22 @@ def test_verdicts_can_fail():
   # Dropout *less* sparse and less prunable; EI opposite to dropout;
   # targeted dropout no different from control; L1 worse everywhere.
   res = _study(
-      dropout={"hoyer": 0.2, "gini": 0.3, "eps": 0.01, "w_max": 0.3,
-               "w_auc": 0.6},
-      explicit_implicit={"hoyer": 0.5, "gini": 0.6, "eps": 0.05,
-                         "w_max": 0.8, "w_auc": 0.86},
-      l1={"ncut_u": 10.5, "ncut_p": 9.9, "z_u": 11.0, "z_p": 24.0})
+    dropout={
+      "hoyer": 0.2,
+      "gini": 0.3,
+      "eps": 0.01,
+      "w_max": 0.3,
+      "w_auc": 0.6,
+    },
+    explicit_implicit={
+      "hoyer": 0.5,
+      "gini": 0.6,
+      "eps": 0.05,
+      "w_max": 0.8,
+      "w_auc": 0.86,
+    },
+    l1={"ncut_u": 10.5, "ncut_p": 9.9, "z_u": 11.0, "z_p": 24.0},
+  )
   v = _by_number(res)
   assert v[1].verdict == "not supported"
   assert v[2].verdict == "not supported"
@@ -288,11 +343,13 @@ def smoke(tmp_path_factory):
   return config, workdir, results
 
 
-_CLAIMS = ("Dropout leads to sparser weights",
-           "more prunable / compressible",
-           "L1 gives more clusterable networks than L2 or dropout",
-           "Targeted dropout makes networks robust to magnitude pruning",
-           "The analytic replacement (explicit + implicit) reproduces")
+_CLAIMS = (
+  "Dropout leads to sparser weights",
+  "more prunable / compressible",
+  "L1 gives more clusterable networks than L2 or dropout",
+  "Targeted dropout makes networks robust to magnitude pruning",
+  "The analytic replacement (explicit + implicit) reproduces",
+)
 
 
 def test_smoke_results_report_and_plots(smoke):
@@ -301,7 +358,11 @@ def test_smoke_results_report_and_plots(smoke):
     results = json.load(f)
   recs = results["records"]
   assert sorted((r["condition"], r["seed"]) for r in recs) == [
-      ("control", 0), ("control", 1), ("dropout", 0), ("dropout", 1)]
+    ("control", 0),
+    ("control", 1),
+    ("dropout", 0),
+    ("dropout", 1),
+  ]
   for r in recs:
     assert r["status"] == "ok"
     u, p = r["unpruned"], r["pruned"]
@@ -309,8 +370,14 @@ def test_smoke_results_report_and_plots(smoke):
     assert 0.0 <= p["eval"]["accuracy"] <= 1.0
     for stage in (u, p):
       sp = stage["sparsity"]
-      for key in ("hoyer", "gini", "exact_sparsity", "bits_per_weight",
-                  "epsilon_sparsity_max", "layers"):
+      for key in (
+        "hoyer",
+        "gini",
+        "exact_sparsity",
+        "bits_per_weight",
+        "epsilon_sparsity_max",
+        "layers",
+      ):
         assert key in sp
       cl = stage["clusterability"]
       assert len(cl["shuffled_ncuts"]) == config.cluster.n_shuffles
@@ -328,7 +395,8 @@ def test_smoke_results_report_and_plots(smoke):
     for layer in p["sparsity"]["layers"]:
       n = layer["n_weights"]
       assert round(n * (1 - layer["exact_sparsity"])) == _expected_nonzero(
-          n, config.pruning.final_sparsity), layer["path"]
+        n, config.pruning.final_sparsity
+      ), layer["path"]
   with open(os.path.join(workdir, cs.REPORT_FILE)) as f:
     report = f.read()
   for i, claim in enumerate(_CLAIMS, 1):
@@ -377,9 +445,11 @@ def test_resume_skips_finished_runs(smoke, tmp_path, monkeypatch):
   assert new["status"] == "ok"
   for stage in ("unpruned", "pruned"):
     assert new[stage]["eval"]["accuracy"] == pytest.approx(
-        old[stage]["eval"]["accuracy"], abs=2e-4)
+      old[stage]["eval"]["accuracy"], abs=2e-4
+    )
     assert new[stage]["clusterability"]["ncut"] == pytest.approx(
-        old[stage]["clusterability"]["ncut"])
+      old[stage]["clusterability"]["ncut"]
+    )
 
 
 def test_nan_condition_fails_alone(smoke, tmp_path):
@@ -403,6 +473,6 @@ def test_nan_condition_fails_alone(smoke, tmp_path):
     assert "## Failed runs" in f.read()
   # Failed runs count as finished: a re-run does not retry them by default.
   again = cs.run(config, work)
-  assert {(r["condition"], r["seed"], r["status"])
-          for r in again["records"]} == {
-              (c, s, r["status"]) for (c, s), r in by.items()}
+  assert {
+    (r["condition"], r["seed"], r["status"]) for r in again["records"]
+  } == {(c, s, r["status"]) for (c, s), r in by.items()}

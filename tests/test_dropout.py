@@ -29,7 +29,7 @@ def test_bernoulli_mask_mean_and_variance(q):
   # Var of the sample variance of a scaled Bernoulli: (mu4 - var²)/N (zero
   # at q = 0.5, where the noise is ±1: then only the estimated mean and
   # float32 summation move it, hence the small absolute slack).
-  mu4 = ((1 / (1 - q) - 1) ** 4 * (1 - q) + q)
+  mu4 = (1 / (1 - q) - 1) ** 4 * (1 - q) + q
   tol = 5 * np.sqrt((mu4 - var**2) / N) + 5 * var / N + 1e-5
   assert abs(float(y.var()) - var) < tol
 
@@ -43,7 +43,7 @@ def test_gaussian_dropout_mean_and_variance(q):
 
 
 def test_locked_mask_is_constant_along_broadcast_axes():
-  x = jnp.ones((8, 50, 16))                       # [batch, time, features]
+  x = jnp.ones((8, 50, 16))  # [batch, time, features]
   y = dropjax.dropout(jax.random.key(2), x, 0.5, broadcast_axes=(1,))
   chex.assert_shape(y, x.shape)
   assert bool(jnp.all(y == y[:, :1, :]))
@@ -57,7 +57,8 @@ def test_rate_zero_is_identity_and_rates_near_one_stay_finite():
   x = jax.random.normal(jax.random.key(4), (1000,))
   np.testing.assert_array_equal(dropjax.dropout(jax.random.key(5), x, 0.0), x)
   np.testing.assert_array_equal(
-      dropjax.gaussian_dropout(jax.random.key(5), x, 0.0), x)
+    dropjax.gaussian_dropout(jax.random.key(5), x, 0.0), x
+  )
   for q in (1 - 1e-6, 0.999999):
     for f in (dropjax.dropout, dropjax.gaussian_dropout):
       chex.assert_tree_all_finite(f(jax.random.key(6), x, q))
@@ -74,28 +75,32 @@ def test_bad_rates_raise(bad):
 
 def test_bad_broadcast_axis_raises():
   with pytest.raises(ValueError, match="out of range"):
-    dropjax.dropout(jax.random.key(0), jnp.ones((2, 3)), 0.5,
-                    broadcast_axes=(2,))
+    dropjax.dropout(
+      jax.random.key(0), jnp.ones((2, 3)), 0.5, broadcast_axes=(2,)
+    )
 
 
 @pytest.mark.parametrize("gamma,alpha", [(0.5, 0.5), (0.75, 0.66), (0.9, 1.0)])
 def test_targeted_weight_dropout_touches_only_lowest_gamma(gamma, alpha):
   fan_in, n_out = 40, 300
   w = jax.random.normal(jax.random.key(7), (fan_in, n_out))
-  out = dropjax.targeted_weight_dropout(jax.random.key(8), w, gamma=gamma,
-                                        alpha=alpha)
+  out = dropjax.targeted_weight_dropout(
+    jax.random.key(8), w, gamma=gamma, alpha=alpha
+  )
   dropped = np.asarray(out == 0)
   ranks = np.argsort(np.argsort(np.abs(np.asarray(w)), axis=0), axis=0)
   n_cand = int(np.floor(gamma * fan_in))
   cand = ranks < n_cand
-  assert not np.any(dropped & ~cand)               # only candidates dropped
-  np.testing.assert_array_equal(np.asarray(out)[~dropped],
-                                np.asarray(w)[~dropped])   # no rescaling
+  assert not np.any(dropped & ~cand)  # only candidates dropped
+  np.testing.assert_array_equal(
+    np.asarray(out)[~dropped], np.asarray(w)[~dropped]
+  )  # no rescaling
   frac = dropped[cand].mean()
   n = cand.sum()
   assert abs(frac - alpha) <= 5 * np.sqrt(alpha * (1 - alpha) / n) + 1e-12
   np.testing.assert_array_equal(
-      dropjax.targeted_weight_candidates(w, gamma), cand)
+    dropjax.targeted_weight_candidates(w, gamma), cand
+  )
 
 
 @pytest.mark.parametrize("elementwise", [False, True])
@@ -103,13 +108,16 @@ def test_targeted_unit_dropout(elementwise):
   fan_in, n_out = 30, 400
   w = jax.random.normal(jax.random.key(9), (fan_in, n_out))
   gamma, alpha = 0.5, 0.6
-  out = np.asarray(dropjax.targeted_unit_dropout(
-      jax.random.key(10), w, gamma=gamma, alpha=alpha,
-      elementwise=elementwise))
+  out = np.asarray(
+    dropjax.targeted_unit_dropout(
+      jax.random.key(10), w, gamma=gamma, alpha=alpha, elementwise=elementwise
+    )
+  )
   norms = np.linalg.norm(np.asarray(w), axis=0)
   cand = np.argsort(np.argsort(norms)) < int(gamma * n_out)
-  np.testing.assert_array_equal(dropjax.targeted_unit_candidates(w, gamma),
-                                cand)
+  np.testing.assert_array_equal(
+    dropjax.targeted_unit_candidates(w, gamma), cand
+  )
   dropped = out == 0
   assert not dropped[:, ~cand].any()
   if elementwise:
@@ -117,7 +125,7 @@ def test_targeted_unit_dropout(elementwise):
     n = dropped[:, cand].size
   else:
     col = dropped[:, cand]
-    assert np.all(col.all(axis=0) | ~col.any(axis=0))   # whole columns
+    assert np.all(col.all(axis=0) | ~col.any(axis=0))  # whole columns
     frac = col.all(axis=0).mean()
     n = cand.sum()
   assert abs(frac - alpha) <= 5 * np.sqrt(alpha * (1 - alpha) / n)
@@ -127,29 +135,34 @@ def test_targeted_conv_kernel_is_viewed_as_columns():
   w = jax.random.normal(jax.random.key(11), (3, 3, 4, 8))
   cand = dropjax.targeted_weight_candidates(w, 0.5)
   per_col = np.asarray(cand).reshape(-1, 8).sum(axis=0)
-  np.testing.assert_array_equal(per_col, 18)             # floor(0.5 * 36)
+  np.testing.assert_array_equal(per_col, 18)  # floor(0.5 * 36)
 
 
 def test_targeted_bad_input():
   with pytest.raises(ValueError, match="gamma"):
-    dropjax.targeted_weight_dropout(jax.random.key(0), jnp.ones((3, 3)),
-                                    gamma=1.5, alpha=0.5)
+    dropjax.targeted_weight_dropout(
+      jax.random.key(0), jnp.ones((3, 3)), gamma=1.5, alpha=0.5
+    )
   with pytest.raises(ValueError, match="alpha"):
-    dropjax.targeted_unit_dropout(jax.random.key(0), jnp.ones((3, 3)),
-                                  gamma=0.5, alpha=-1)
+    dropjax.targeted_unit_dropout(
+      jax.random.key(0), jnp.ones((3, 3)), gamma=0.5, alpha=-1
+    )
   with pytest.raises(ValueError, match="rank"):
-    dropjax.targeted_weight_dropout(jax.random.key(0), jnp.ones((3,)),
-                                    gamma=0.5, alpha=0.5)
+    dropjax.targeted_weight_dropout(
+      jax.random.key(0), jnp.ones((3,)), gamma=0.5, alpha=0.5
+    )
 
 
 NOISES = {
-    "dropout": lambda k, x, q: dropjax.dropout(k, x, q),
-    "locked": lambda k, x, q: dropjax.dropout(k, x, q, broadcast_axes=(0,)),
-    "gaussian": dropjax.gaussian_dropout,
-    "targeted_weight": lambda k, x, q: dropjax.targeted_weight_dropout(
-        k, x, gamma=q, alpha=q),
-    "targeted_unit": lambda k, x, q: dropjax.targeted_unit_dropout(
-        k, x, gamma=q, alpha=q),
+  "dropout": lambda k, x, q: dropjax.dropout(k, x, q),
+  "locked": lambda k, x, q: dropjax.dropout(k, x, q, broadcast_axes=(0,)),
+  "gaussian": dropjax.gaussian_dropout,
+  "targeted_weight": lambda k, x, q: dropjax.targeted_weight_dropout(
+    k, x, gamma=q, alpha=q
+  ),
+  "targeted_unit": lambda k, x, q: dropjax.targeted_unit_dropout(
+    k, x, gamma=q, alpha=q
+  ),
 }
 
 
@@ -160,12 +173,14 @@ def test_jit_vmap_over_rates_and_determinism(name):
   key = jax.random.key(13)
   eager = f(key, x, 0.3)
   # jit may fuse the arithmetic differently: equal up to float32 rounding.
-  np.testing.assert_allclose(jax.jit(f)(key, x, 0.3), eager, rtol=1e-6,
-                             atol=1e-6)
-  np.testing.assert_array_equal(f(key, x, 0.3), eager)           # same key
+  np.testing.assert_allclose(
+    jax.jit(f)(key, x, 0.3), eager, rtol=1e-6, atol=1e-6
+  )
+  np.testing.assert_array_equal(f(key, x, 0.3), eager)  # same key
   rates = jnp.array([0.0, 0.3, 0.6])
   swept = jax.vmap(f, in_axes=(None, None, 0))(key, x, rates)
   chex.assert_shape(swept, (3, 16, 8))
   np.testing.assert_allclose(swept[1], eager, rtol=1e-6)
-  assert not np.array_equal(np.asarray(f(jax.random.key(14), x, 0.3)),
-                            np.asarray(eager))
+  assert not np.array_equal(
+    np.asarray(f(jax.random.key(14), x, 0.3)), np.asarray(eager)
+  )

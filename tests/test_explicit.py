@@ -39,22 +39,24 @@ pytestmark = pytest.mark.usefixtures("x64")
 def test_linear_regression_input_dropout_is_exact(q):
   """E_mask[L̄] = L̄ + R_exp exactly (the squared loss is quadratic)."""
   k = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(k[0], (2, 5))          # 2 examples, 5 inputs
-  w = jax.random.normal(k[1], (5, 2))          # 2 outputs
+  x = jax.random.normal(k[0], (2, 5))  # 2 examples, 5 inputs
+  w = jax.random.normal(k[1], (5, 2))  # 2 outputs
   y = jax.random.normal(k[2], (2, 2))
   apply = lambda w, x, sites: sites("x", x) @ w
-  expected, total_p = expected_dropout_loss(apply, w, x, y, "x", q,
-                                            "squared_error")
-  r = dropjax.explicit_regularizer(apply, w, x, rates=q,
-                                   estimator="gauss_newton",
-                                   loss="squared_error")
+  expected, total_p = expected_dropout_loss(
+    apply, w, x, y, "x", q, "squared_error"
+  )
+  r = dropjax.explicit_regularizer(
+    apply, w, x, rates=q, estimator="gauss_newton", loss="squared_error"
+  )
   np.testing.assert_allclose(total_p, 1.0, atol=1e-12)
   err = abs(float(expected - (clean_loss(apply, w, x, y, "squared_error") + r)))
   assert err < 1e-10, err
   # The closed form for input dropout in linear regression:
   # R = q/(2(1-q)) (1/N) Σ_t Σ_j x_tj² ||w_j||².
-  closed = q / (2 * (1 - q)) * jnp.mean(
-      jnp.sum(x**2 * jnp.sum(w**2, axis=1), axis=1))
+  closed = (
+    q / (2 * (1 - q)) * jnp.mean(jnp.sum(x**2 * jnp.sum(w**2, axis=1), axis=1))
+  )
   np.testing.assert_allclose(r, closed, rtol=1e-12)
 
 
@@ -65,13 +67,14 @@ def test_linear_regression_input_dropout_is_exact(q):
 def test_hidden_layer_linear_readout_squared_loss_is_exact(q):
   """E = ||W2 h - y||² + q/(1-q) Σ_j h_j² ||W2[:, j]||² (exact)."""
   p = hidden_params(jax.random.key(1))
-  x = jax.random.normal(jax.random.key(2), (3, 3))      # 3 examples: 2^12 masks
+  x = jax.random.normal(jax.random.key(2), (3, 3))  # 3 examples: 2^12 masks
   y = jax.random.normal(jax.random.key(3), (3, 2))
-  expected, _ = expected_dropout_loss(hidden_model, p, x, y, "h", q,
-                                      "squared_error")
-  r = dropjax.explicit_regularizer(hidden_model, p, x, rates=q,
-                                   estimator="gauss_newton",
-                                   loss="squared_error")
+  expected, _ = expected_dropout_loss(
+    hidden_model, p, x, y, "h", q, "squared_error"
+  )
+  r = dropjax.explicit_regularizer(
+    hidden_model, p, x, rates=q, estimator="gauss_newton", loss="squared_error"
+  )
   got = clean_loss(hidden_model, p, x, y, "squared_error") + r
   assert abs(float(expected - got)) < 1e-10
 
@@ -80,15 +83,18 @@ def test_hidden_layer_linear_readout_squared_loss_is_exact(q):
 
 
 def softmax_gap_ratio(scale, q=0.4):
-  p = hidden_params(jax.random.key(4), d_in=3, d_h=6, d_out=5,
-                    readout_scale=scale)
-  x = jax.random.normal(jax.random.key(5), (2, 3))      # 2 x 6 = 12 sites: 4096
+  p = hidden_params(
+    jax.random.key(4), d_in=3, d_h=6, d_out=5, readout_scale=scale
+  )
+  x = jax.random.normal(jax.random.key(5), (2, 3))  # 2 x 6 = 12 sites: 4096
   y = jnp.array([1, 3])
-  expected, _ = expected_dropout_loss(hidden_model, p, x, y, "h", q,
-                                      "softmax_cross_entropy")
+  expected, _ = expected_dropout_loss(
+    hidden_model, p, x, y, "h", q, "softmax_cross_entropy"
+  )
   gap = expected - clean_loss(hidden_model, p, x, y, "softmax_cross_entropy")
-  r = dropjax.explicit_regularizer(hidden_model, p, x, rates=q,
-                                   estimator="gauss_newton")
+  r = dropjax.explicit_regularizer(
+    hidden_model, p, x, rates=q, estimator="gauss_newton"
+  )
   return float(gap / r)
 
 
@@ -117,30 +123,34 @@ def sampled_expectation(apply, params, x, q, *, grad=False):
     lin = S.linearize_sites(apply, params, x)
     rates = S.resolve_rates(q, lin.activations)
     # The sampled-label estimator with the label fixed to y_hat.
-    return ex.explicit_from_linearization(lin, rates, estimator="true_label",
-                                          y=y_hat)
+    return ex.explicit_from_linearization(
+      lin, rates, estimator="true_label", y=y_hat
+    )
 
   out = apply(params, x, S.identity_sites)
   labels = label_enumeration(None, out.shape, out.shape[-1])
   logp = jax.nn.log_softmax(out, axis=-1)
-  probs = jnp.exp(jnp.sum(jnp.take_along_axis(
-      logp[None], labels[..., None], axis=-1)[..., 0],
-      axis=tuple(range(1, labels.ndim))))
+  probs = jnp.exp(
+    jnp.sum(
+      jnp.take_along_axis(logp[None], labels[..., None], axis=-1)[..., 0],
+      axis=tuple(range(1, labels.ndim)),
+    )
+  )
   np.testing.assert_allclose(jnp.sum(probs), 1.0, atol=1e-12)
   f = jax.grad(r_for) if grad else r_for
   vals = jax.vmap(f, in_axes=(None, 0))(params, labels)
-  return jax.tree.map(
-      lambda v: jnp.tensordot(probs, v, axes=(0, 0)), vals)
+  return jax.tree.map(lambda v: jnp.tensordot(probs, v, axes=(0, 0)), vals)
 
 
 @pytest.mark.parametrize("q", [0.3, 0.5])
 def test_sampled_label_estimator_is_unbiased(q):
   """Σ_ŷ p(ŷ) R_sampled(ŷ) = R_gauss_newton."""
   p = hidden_params(jax.random.key(7), d_h=4, d_out=4)
-  x = jax.random.normal(jax.random.key(8), (3, 3))      # 4**3 label vectors
+  x = jax.random.normal(jax.random.key(8), (3, 3))  # 4**3 label vectors
   expect = sampled_expectation(hidden_model, p, x, q)
-  gn = dropjax.explicit_regularizer(hidden_model, p, x, rates=q,
-                                    estimator="gauss_newton")
+  gn = dropjax.explicit_regularizer(
+    hidden_model, p, x, rates=q, estimator="gauss_newton"
+  )
   assert abs(float(expect - gn)) < 1e-10
 
 
@@ -154,8 +164,11 @@ def test_sampled_label_gradient_is_gauss_newton_with_constant_hessian():
   def gn(params, hessian_gradient):
     lin = S.linearize_sites(hidden_model, params, x)
     return ex.explicit_from_linearization(
-        lin, S.resolve_rates(q, lin.activations), estimator="gauss_newton",
-        hessian_gradient=hessian_gradient)
+      lin,
+      S.resolve_rates(q, lin.activations),
+      estimator="gauss_newton",
+      hessian_gradient=hessian_gradient,
+    )
 
   g_const = jax.grad(gn)(p, False)
   g_full = jax.grad(gn)(p, True)
@@ -172,36 +185,48 @@ def test_sampled_label_path_uses_the_sampled_targets():
   r = dropjax.explicit_regularizer(hidden_model, p, x, rates=0.3, key=key)
   out = hidden_model(p, x, S.identity_sites)
   y_hat = L.sample_targets("softmax_cross_entropy", key, out)
-  r_fixed = dropjax.explicit_regularizer(hidden_model, p, x, rates=0.3,
-                                         estimator="true_label", y=y_hat)
+  r_fixed = dropjax.explicit_regularizer(
+    hidden_model, p, x, rates=0.3, estimator="true_label", y=y_hat
+  )
   chex.assert_trees_all_close(r, r_fixed, rtol=1e-12)
 
 
 def test_sampled_label_normalisation_when_a_site_feeds_several_tokens():
   """E_ŷ[N Σ (v ⊙ ∂L̃/∂v)²] = Σ v² diag(GN(L̄)) for coupled positions."""
   k = jax.random.split(jax.random.key(14), 3)
-  params = {"w1": jax.random.normal(k[0], (2, 3)),
-            "w2": jax.random.normal(k[1], (3, 3))}
-  x = jax.random.normal(k[2], (1, 3, 2))                       # 3 tokens
+  params = {
+    "w1": jax.random.normal(k[0], (2, 3)),
+    "w2": jax.random.normal(k[1], (3, 3)),
+  }
+  x = jax.random.normal(k[2], (1, 3, 2))  # 3 tokens
   expect = sampled_expectation(recurrent_model, params, x, 0.4)
-  gn = dropjax.explicit_regularizer(recurrent_model, params, x, rates=0.4,
-                                    estimator="gauss_newton")
+  gn = dropjax.explicit_regularizer(
+    recurrent_model, params, x, rates=0.4, estimator="gauss_newton"
+  )
   assert abs(float(expect - gn)) < 1e-10
 
 
 def test_gauss_newton_is_exact_for_coupled_positions_with_squared_loss():
   """The per-position GN oracle: exact against mask enumeration, linear readout."""
   k = jax.random.split(jax.random.key(15), 4)
-  params = {"w1": jax.random.normal(k[0], (2, 3)),
-            "w2": jax.random.normal(k[1], (3, 2))}
-  x = jax.random.normal(k[2], (1, 3, 2))                        # 9 elements
+  params = {
+    "w1": jax.random.normal(k[0], (2, 3)),
+    "w2": jax.random.normal(k[1], (3, 2)),
+  }
+  x = jax.random.normal(k[2], (1, 3, 2))  # 9 elements
   y = jax.random.normal(k[3], (1, 3, 2))
   q = 0.3
-  expected, _ = expected_dropout_loss(recurrent_model, params, x, y, "emb", q,
-                                      "squared_error")
-  r = dropjax.explicit_regularizer(recurrent_model, params, x, rates=q,
-                                   estimator="gauss_newton",
-                                   loss="squared_error")
+  expected, _ = expected_dropout_loss(
+    recurrent_model, params, x, y, "emb", q, "squared_error"
+  )
+  r = dropjax.explicit_regularizer(
+    recurrent_model,
+    params,
+    x,
+    rates=q,
+    estimator="gauss_newton",
+    loss="squared_error",
+  )
   got = clean_loss(recurrent_model, params, x, y, "squared_error") + r
   assert abs(float(expected - got)) < 1e-10
 
@@ -209,9 +234,11 @@ def test_gauss_newton_is_exact_for_coupled_positions_with_squared_loss():
 def test_identity_hessian_estimator_is_unbiased_over_all_signs():
   """E_s of the Hutchinson estimator = (h/N) Σ v² diag(Σ_t J_tᵀ J_t)."""
   k = jax.random.split(jax.random.key(16), 2)
-  params = {"w1": jax.random.normal(k[0], (2, 2)),
-            "w2": jax.random.normal(k[1], (2, 3))}
-  x = jax.random.normal(jax.random.key(17), (1, 3, 2))          # 6 elements
+  params = {
+    "w1": jax.random.normal(k[0], (2, 2)),
+    "w2": jax.random.normal(k[1], (2, 3)),
+  }
+  x = jax.random.normal(jax.random.key(17), (1, 3, 2))  # 6 elements
   q = 0.4
   lin = S.linearize_sites(recurrent_model, params, x)
   v = lin.activations["emb"]
@@ -220,18 +247,29 @@ def test_identity_hessian_estimator_is_unbiased_over_all_signs():
   def r_for(s):
     c = q / (2 * (1 - q))
     d = lin.jvp({"emb": jnp.sqrt(c) * s * v})
-    return jnp.sum(d**2) / 3 / 3                     # h = 1/K, N = 3
+    return jnp.sum(d**2) / 3 / 3  # h = 1/K, N = 3
+
   expect = jnp.mean(jax.vmap(r_for)(signs))
   # Squared-error GN equals Σ v² diag(JᵀJ)/N; cross-entropy's ablation is 1/K
   # of it.
-  gn_se = dropjax.explicit_regularizer(recurrent_model, params, x, rates=q,
-                                       estimator="gauss_newton",
-                                       loss="squared_error")
+  gn_se = dropjax.explicit_regularizer(
+    recurrent_model,
+    params,
+    x,
+    rates=q,
+    estimator="gauss_newton",
+    loss="squared_error",
+  )
   assert abs(float(expect - gn_se / 3)) < 1e-10
   # And the library's keyed estimator is one draw of exactly this formula.
-  r = dropjax.explicit_regularizer(recurrent_model, params, x, rates=q,
-                                   estimator="identity_hessian",
-                                   key=jax.random.key(0))
+  r = dropjax.explicit_regularizer(
+    recurrent_model,
+    params,
+    x,
+    rates=q,
+    estimator="identity_hessian",
+    key=jax.random.key(0),
+  )
   values = jax.vmap(r_for)(signs)
   assert float(jnp.min(jnp.abs(values - r))) < 1e-10
 
@@ -241,10 +279,16 @@ def test_squared_error_sampled_targets_estimate_gauss_newton():
   p = hidden_params(jax.random.key(18), d_out=3)
   x = jax.random.normal(jax.random.key(19), (4, 3))
   f = lambda key: dropjax.explicit_regularizer(
-      hidden_model, p, x, rates=0.4, key=key, loss="squared_error")
+    hidden_model, p, x, rates=0.4, key=key, loss="squared_error"
+  )
   vals = jax.vmap(f)(jax.random.split(jax.random.key(20), 4000))
-  gn = dropjax.explicit_regularizer(hidden_model, p, x, rates=0.4,
-                                    estimator="gauss_newton",
-                                    loss="squared_error")
+  gn = dropjax.explicit_regularizer(
+    hidden_model,
+    p,
+    x,
+    rates=0.4,
+    estimator="gauss_newton",
+    loss="squared_error",
+  )
   se = jnp.std(vals) / np.sqrt(vals.size)
   assert abs(float(jnp.mean(vals) - gn)) < 4 * float(se)

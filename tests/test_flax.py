@@ -10,7 +10,6 @@ import dropjax
 
 
 class Net(nnx.Module):
-
   def __init__(self, rngs, drop_cls=dropjax.flax.Dropout):
     self.l1 = nnx.Linear(4, 8, rngs=rngs)
     self.l2 = nnx.Linear(8, 3, rngs=rngs)
@@ -31,7 +30,7 @@ def test_standalone_layer_behaves_exactly_like_nnx_dropout():
   stock = nnx.Dropout(0.4, rngs=nnx.Rngs(dropout=3))
   x = jnp.ones((6, 7))
   np.testing.assert_array_equal(ours(x), stock(x))
-  np.testing.assert_array_equal(ours(x), stock(x))          # streams advance
+  np.testing.assert_array_equal(ours(x), stock(x))  # streams advance
   ours.eval()
   np.testing.assert_array_equal(ours(x), x)
 
@@ -40,8 +39,9 @@ def test_functional_apply_with_identity_sites_is_the_eval_model():
   model = Net(nnx.Rngs(1))
   apply, params = dropjax.flax.functional(model)
   model.eval()
-  np.testing.assert_allclose(apply(params, X, dropjax.identity_sites),
-                             model(X), rtol=1e-6)
+  np.testing.assert_allclose(
+    apply(params, X, dropjax.identity_sites), model(X), rtol=1e-6
+  )
   assert set(params) == {"l1", "l2"}
 
 
@@ -62,8 +62,9 @@ def test_functional_params_gradients_match_the_module():
   apply, params = dropjax.flax.functional(model)
   obj = dropjax.objectives.explicit_implicit(apply, rates=0.3)
   y = jnp.array([0, 1, 2, 0, 1])
-  loss, grads = jax.jit(jax.value_and_grad(
-      lambda p: obj(p, (X, y), jax.random.key(0))[0]))(params)
+  loss, grads = jax.jit(
+    jax.value_and_grad(lambda p: obj(p, (X, y), jax.random.key(0))[0])
+  )(params)
   assert jax.tree.structure(grads) == jax.tree.structure(params)
   assert bool(jnp.isfinite(loss))
 
@@ -86,5 +87,6 @@ def test_bad_layers():
     def __init__(self):
       self.a = dropjax.flax.Dropout(0.5, site="h")
       self.b = dropjax.flax.Dropout(0.5, site="h")
+
   with pytest.raises(ValueError, match="share the site name"):
     dropjax.flax.site_spec(Dup())

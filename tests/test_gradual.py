@@ -41,19 +41,25 @@ def test_last_update_step():
 
 
 def test_schedule_is_the_polynomial_schedule():
-  s = an.PruningSchedule(end_step=95, initial=0.3, final=0.8, power=2.0,
-                         frequency=7, begin_step=4)
+  s = an.PruningSchedule(
+    end_step=95, initial=0.3, final=0.8, power=2.0, frequency=7, begin_step=4
+  )
   for t in (0, 4, 11, 50, 95, 96, 200):
-    assert float(s.sparsity(t)) == float(an.polynomial_sparsity(
-        t, initial=0.3, final=0.8, begin_step=4, end_step=95, power=2.0))
-    assert bool(s.is_update(t)) == bool(an.is_mask_update_step(
-        t, begin_step=4, end_step=95, frequency=7))
+    assert float(s.sparsity(t)) == float(
+      an.polynomial_sparsity(
+        t, initial=0.3, final=0.8, begin_step=4, end_step=95, power=2.0
+      )
+    )
+    assert bool(s.is_update(t)) == bool(
+      an.is_mask_update_step(t, begin_step=4, end_step=95, frequency=7)
+    )
   assert float(jax.jit(s.sparsity)(jnp.int32(95))) == pytest.approx(0.8)
 
 
 def test_masked_optimizer_keeps_masked_entries_zero():
-  params = {"d": {"kernel": jnp.arange(1.0, 7.0).reshape(3, 2),
-                  "bias": jnp.ones(2)}}
+  params = {
+    "d": {"kernel": jnp.arange(1.0, 7.0).reshape(3, 2), "bias": jnp.ones(2)}
+  }
   opt = an.masked_optimizer(optax.adam(0.1))
   state = opt.init(params)
   assert isinstance(state, an.MaskedOptState)
@@ -63,18 +69,22 @@ def test_masked_optimizer_keeps_masked_entries_zero():
   mask = jnp.array([[True, False], [False, True], [True, True]])
   state = state._replace(masks={"d": {"kernel": mask, "bias": None}})
   grads = jax.tree.map(jnp.ones_like, params)
-  ref_upd, _ = optax.adam(0.1).update(grads, optax.adam(0.1).init(params),
-                                      params)
+  ref_upd, _ = optax.adam(0.1).update(
+    grads, optax.adam(0.1).init(params), params
+  )
   upd, state2 = opt.update(grads, state, params)
   new = optax.apply_updates(params, upd)
   k = np.asarray(new["d"]["kernel"])
   assert np.all(k[~np.asarray(mask)] == 0.0)
   np.testing.assert_array_equal(
-      k[np.asarray(mask)],
-      np.asarray(optax.apply_updates(params, ref_upd)["d"]["kernel"])[
-          np.asarray(mask)])
-  np.testing.assert_array_equal(np.asarray(upd["d"]["bias"]),
-                                np.asarray(ref_upd["d"]["bias"]))
+    k[np.asarray(mask)],
+    np.asarray(optax.apply_updates(params, ref_upd)["d"]["kernel"])[
+      np.asarray(mask)
+    ],
+  )
+  np.testing.assert_array_equal(
+    np.asarray(upd["d"]["bias"]), np.asarray(ref_upd["d"]["bias"])
+  )
   assert state2.masks["d"]["kernel"] is mask
 
 
@@ -105,9 +115,12 @@ def test_pruning_hook_updates_only_on_schedule_vmapped_and_jitted():
     s = float(schedule.sparsity(t))
     for seed in (0, 1):
       ks = _kernels(new.params, seed)
-      ms = [np.asarray(m) for m in
-            jax.tree.leaves(jax.tree.map(lambda a: a[seed],
-                                         new.opt_state.masks))]
+      ms = [
+        np.asarray(m)
+        for m in jax.tree.leaves(
+          jax.tree.map(lambda a: a[seed], new.opt_state.masks)
+        )
+      ]
       assert len(ks) == len(ms) == 3
       for k, m in zip(ks, ms):
         assert int(m.sum()) == _expected_nonzero(k.size, s), (t, s)
@@ -119,10 +132,11 @@ def test_pruning_hook_updates_only_on_schedule_vmapped_and_jitted():
       for m, r in zip(ms, jax.tree.leaves(ref)):
         np.testing.assert_array_equal(m, np.asarray(r))
     # Biases are never masked.
-    np.testing.assert_array_equal(np.asarray(new.params["hidden_0"]["bias"]),
-                                  np.asarray(states.params["hidden_0"]["bias"]))
-    np.testing.assert_array_equal(np.asarray(new.step),
-                                  np.asarray(states.step))
+    np.testing.assert_array_equal(
+      np.asarray(new.params["hidden_0"]["bias"]),
+      np.asarray(states.params["hidden_0"]["bias"]),
+    )
+    np.testing.assert_array_equal(np.asarray(new.step), np.asarray(states.step))
     states = new  # prune cumulatively, as in training
 
 
@@ -131,10 +145,12 @@ def test_pruning_hook_custom_mask_fn_and_wrong_state():
   one = jax.tree.map(lambda a: a[0], states)
   schedule = an.PruningSchedule(end_step=10, frequency=10)
   hook = an.pruning_hook(
-      schedule, lambda p, s: an.layerwise_magnitude_masks(p, s, exclude=(0,)))
+    schedule, lambda p, s: an.layerwise_magnitude_masks(p, s, exclude=(0,))
+  )
   new = jax.jit(hook)(one, jnp.int32(0))
   assert np.count_nonzero(np.asarray(new.params["hidden_0"]["kernel"])) == (
-      _SIZES[0] * _SIZES[1])
+    _SIZES[0] * _SIZES[1]
+  )
   k = np.asarray(new.params["output"]["kernel"])
   assert np.count_nonzero(k) == _expected_nonzero(k.size, 0.5)
   bad = one._replace(opt_state=one.opt_state.inner)
@@ -163,8 +179,10 @@ def hooked_run():
   @jax.jit
   def run(states):
     return jax.lax.scan(
-        lambda st, t: jax.vmap(one_step, in_axes=(0, None))(st, t),
-        states, jnp.arange(_STEPS, dtype=jnp.int32))
+      lambda st, t: jax.vmap(one_step, in_axes=(0, None))(st, t),
+      states,
+      jnp.arange(_STEPS, dtype=jnp.int32),
+    )
 
   final, history = run(states)
   return final, history, schedule

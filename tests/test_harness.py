@@ -17,34 +17,49 @@ from experiments.configs import compressibility as cmp_configs
 from experiments.configs import language_model as lm_configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENTRY_POINTS = ("compare", "compare_report", "compressibility",
-                "compressibility_report", "language_model",
-                "language_model_report")
+ENTRY_POINTS = (
+  "compare",
+  "compare_report",
+  "compressibility",
+  "compressibility_report",
+  "language_model",
+  "language_model_report",
+)
 
 
 def _cli(*args, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 # ------------------------------------------------------------------ configs
 
 
-@pytest.mark.parametrize("module,valid", [
-    (compare_configs, "default, smoke"), (cmp_configs, "default, smoke"),
-    (lm_configs, "default, smoke, accel")])
+@pytest.mark.parametrize(
+  "module,valid",
+  [
+    (compare_configs, "default, smoke"),
+    (cmp_configs, "default, smoke"),
+    (lm_configs, "default, smoke, accel"),
+  ],
+)
 def test_unknown_variant_names_the_valid_ones(module, valid):
   with pytest.raises(ValueError, match=f"valid: {valid}"):
     module.get_config("bogus")
-  assert module.get_config().to_dict() == module.get_config(
-      "default").to_dict()
+  assert module.get_config().to_dict() == module.get_config("default").to_dict()
 
 
 def test_comma_lists_become_typed_tuples():
   defaults = compare_configs.get_config("smoke")
   config = compare_configs.get_config("smoke")
-  config.regimens = ("none,dropout",)   # how ml_collections reads it
+  config.regimens = ("none,dropout",)  # how ml_collections reads it
   config.seeds = ("3, 4",)
   config.model.layer_sizes = (784, "16", 10)
   changed = harness.parse_tuple_overrides(config, defaults)
@@ -59,21 +74,25 @@ def test_comma_lists_become_typed_tuples():
   assert [type(f) for f in floats.curves.fractions] == [float, float]
 
 
-@pytest.mark.parametrize("key,value", [("seeds", ("a,b",)),
-                                       ("seeds", (0.5,)),
-                                       ("regimens", ("none,,dropout",))])
+@pytest.mark.parametrize(
+  "key,value",
+  [("seeds", ("a,b",)), ("seeds", (0.5,)), ("regimens", ("none,,dropout",))],
+)
 def test_a_bad_list_shows_the_syntax(key, value):
   config = compare_configs.get_config("smoke")
   config[key] = value
-  with pytest.raises(harness.TupleSyntaxError,
-                     match=rf"--config\.{key}: .*comma list, e\.g\. "
-                           rf"--config\.{key}="):
+  with pytest.raises(
+    harness.TupleSyntaxError,
+    match=rf"--config\.{key}: .*comma list, e\.g\. "
+    rf"--config\.{key}=",
+  ):
     harness.parse_tuple_overrides(config, compare_configs.get_config("smoke"))
 
 
 def test_ml_collections_reads_string_lists_as_one_name():
   """What the harness repairs: the parse of ml_collections' tuple flags."""
   from ml_collections.config_flags import tuple_parser
+
   parse = tuple_parser.TupleParser().parse
   assert parse("none,dropout") == ("none,dropout",)
   assert parse("0,1") == (0, 1)
@@ -89,7 +108,7 @@ def test_check_config_names_every_differing_key(tmp_path):
   harness.check_config(str(tmp_path), config, compare.VOLATILE_KEYS)
   saved = json.load(open(tmp_path / harness.CONFIG_FILE))
   assert saved["learning_rate"] == config.learning_rate
-  config.regimens = ("none",)        # volatile: allowed
+  config.regimens = ("none",)  # volatile: allowed
   config.progress = True
   harness.check_config(str(tmp_path), config, compare.VOLATILE_KEYS)
   config.learning_rate = 0.5
@@ -113,8 +132,9 @@ def test_check_config_reads_old_language_model_workdirs(tmp_path):
   old = dict(d)
   for k in ("regimens", "progress"):
     old.pop(k)
-  want = hashlib.sha256(json.dumps(old, sort_keys=True).encode()
-                        ).hexdigest()[:16]
+  want = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[
+    :16
+  ]
   assert harness.fingerprint(config, ("regimens", "progress")) == want
 
 
@@ -126,18 +146,20 @@ def test_compare_refuses_a_changed_config_on_resume(tmp_path, monkeypatch):
   def stop(*a, **k):
     raise _Stop()
 
-  monkeypatch.setattr(compare, "load_setting", stop)   # no training
+  monkeypatch.setattr(compare, "load_setting", stop)  # no training
   config = compare_configs.get_config("smoke")
   with pytest.raises(_Stop):
     compare.run(config, str(tmp_path))
-  config.regimens = ("none", "dropout")                # volatile
+  config.regimens = ("none", "dropout")  # volatile
   with pytest.raises(_Stop):
     compare.run(config, str(tmp_path))
   config.learning_rate = 0.01
   config.seeds = (0, 1, 2)
-  with pytest.raises(harness.ConfigMismatchError,
-                     match=r"learning_rate: 0\.001 -> 0\.01.*seeds: "
-                           r"\[0, 1\] -> \[0, 1, 2\]"):
+  with pytest.raises(
+    harness.ConfigMismatchError,
+    match=r"learning_rate: 0\.001 -> 0\.01.*seeds: "
+    r"\[0, 1\] -> \[0, 1, 2\]",
+  ):
     compare.run(config, str(tmp_path))
 
 
@@ -150,26 +172,35 @@ def test_lock_refuses_a_second_holder(tmp_path):
     with pytest.raises(harness.WorkdirLockedError, match="another process"):
       with harness.workdir_lock(str(tmp_path)):
         pass
-  with harness.workdir_lock(str(tmp_path)):   # released on exit
+  with harness.workdir_lock(str(tmp_path)):  # released on exit
     pass
 
 
 def test_lock_refuses_another_process(tmp_path):
-  code = ("import sys; from experiments import harness\n"
-          "try:\n"
-          f"  with harness.workdir_lock({str(tmp_path)!r}): pass\n"
-          "except harness.WorkdirLockedError as e:\n"
-          "  print(e); sys.exit(3)\n")
+  code = (
+    "import sys; from experiments import harness\n"
+    "try:\n"
+    f"  with harness.workdir_lock({str(tmp_path)!r}): pass\n"
+    "except harness.WorkdirLockedError as e:\n"
+    "  print(e); sys.exit(3)\n"
+  )
   with harness.workdir_lock(str(tmp_path)):
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
   assert r.returncode == 3 and "in use by another process" in r.stdout
 
 
 def test_save_figure_atomic(tmp_path):
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots()
   ax.plot([0, 1])
   path = str(tmp_path / "a.png")
@@ -215,12 +246,12 @@ def test_cli_errors_are_one_line_and_leave_no_workdir(tmp_path):
   w = str(tmp_path / "w")
   cfg = "experiments/configs/compare.py"
   for args, want in (
-      ((), "--workdir is required"),
-      (("--workdir", w, "--config", f"{cfg}:bogus"),
-       "valid: default, smoke"),
-      (("--workdir", w, "--config", "nowhere.py"), "no config file"),
-      (("--workdir", w, "--config.seeds=a,b"), "comma list"),
-      (("--workdir", w, "--config.nokey=1"), "unknown config key")):
+    ((), "--workdir is required"),
+    (("--workdir", w, "--config", f"{cfg}:bogus"), "valid: default, smoke"),
+    (("--workdir", w, "--config", "nowhere.py"), "no config file"),
+    (("--workdir", w, "--config.seeds=a,b"), "comma list"),
+    (("--workdir", w, "--config.nokey=1"), "unknown config key"),
+  ):
     r = _cli("experiments.compare", *args)
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()

@@ -34,7 +34,7 @@ def test_implicit_noise_mean_zero_and_covariance_exact(q):
   ∇_θ <∂L̄/∂v, v ⊙ eps> enumerated over every mask.
   """
   p = hidden_params(jax.random.key(21), d_h=3, d_out=3)
-  x = jax.random.normal(jax.random.key(22), (2, 3))      # 6 elements: 64 signs
+  x = jax.random.normal(jax.random.key(22), (2, 3))  # 6 elements: 64 signs
   y = jnp.array([0, 2])
   lin0 = S.linearize_sites(hidden_model, p, x)
   shape = lin0.activations["h"].shape
@@ -43,12 +43,13 @@ def test_implicit_noise_mean_zero_and_covariance_exact(q):
   def r_imp(params, s):
     lin = S.linearize_sites(hidden_model, params, x)
     return im.implicit_from_linearization(
-        lin, S.resolve_rates(q, lin.activations), y=y, key=None,
-        signs={"h": s})
+      lin, S.resolve_rates(q, lin.activations), y=y, key=None, signs={"h": s}
+    )
 
   values = jax.vmap(r_imp, in_axes=(None, 0))(p, sign_patterns)
   grads = jax.vmap(lambda s: flat_grad(lambda pp: r_imp(pp, s), p))(
-      sign_patterns)
+    sign_patterns
+  )
   assert float(jnp.max(jnp.abs(jnp.mean(values)))) < 1e-12
   assert float(jnp.max(jnp.abs(jnp.mean(grads, axis=0)))) < 1e-12
   cov_imp = grads.T @ grads / grads.shape[0]
@@ -58,9 +59,11 @@ def test_implicit_noise_mean_zero_and_covariance_exact(q):
     lin = S.linearize_sites(hidden_model, params, x)
     g = lin.vjp(L.loss_cotangent("softmax_cross_entropy", lin.outputs, y))
     return (lin.activations["h"] * g["h"]).ravel()
+
   a = jax.jacobian(va)(p)
-  a = jnp.concatenate([l.reshape(l.shape[0], -1) for l in jax.tree.leaves(a)],
-                      axis=1)
+  a = jnp.concatenate(
+    [l.reshape(l.shape[0], -1) for l in jax.tree.leaves(a)], axis=1
+  )
   cov_theory = q / (1 - q) * a.T @ a
   assert float(jnp.max(jnp.abs(cov_imp - cov_theory))) < 1e-10
 
@@ -71,11 +74,14 @@ def test_implicit_noise_mean_zero_and_covariance_exact(q):
 
   def lin_noise(m):
     eps = m / (1 - q) - 1
+
     def inner(params):
       lin = S.linearize_sites(hidden_model, params, x)
       g = lin.vjp(L.loss_cotangent("softmax_cross_entropy", lin.outputs, y))
       return jnp.sum(g["h"] * lin.activations["h"] * eps)
+
     return flat_grad(inner, p)
+
   xi = jax.vmap(lin_noise)(masks)
   mean = probs @ xi
   cov_drop = (xi * probs[:, None]).T @ xi - jnp.outer(mean, mean)
@@ -87,12 +93,14 @@ def test_implicit_keyed_draw_is_one_of_the_enumerated_patterns():
   p = hidden_params(jax.random.key(23), d_h=3, d_out=3)
   x = jax.random.normal(jax.random.key(24), (2, 3))
   y = jnp.array([1, 2])
-  r = dropjax.implicit_regularizer(hidden_model, p, x, y, rates=0.3,
-                                   key=jax.random.key(1))
+  r = dropjax.implicit_regularizer(
+    hidden_model, p, x, y, rates=0.3, key=jax.random.key(1)
+  )
   lin = S.linearize_sites(hidden_model, p, x)
   signs = im.rademacher_signs(jax.random.key(1), lin.activations)
   r2 = im.implicit_from_linearization(
-      lin, S.resolve_rates(0.3, lin.activations), y=y, key=None, signs=signs)
+    lin, S.resolve_rates(0.3, lin.activations), y=y, key=None, signs=signs
+  )
   chex.assert_trees_all_close(r, r2, rtol=1e-12)
   chex.assert_shape(signs["h"], lin.activations["h"].shape)
   assert set(np.unique(np.asarray(signs["h"]))) <= {-1.0, 1.0}

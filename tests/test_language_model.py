@@ -22,14 +22,18 @@ from experiments.configs import language_model as lm_configs
 
 
 def test_parse_regimens():
-  regs = exp.parse_regimens("none, dropout_1,dropout_8,dropout_4_fix_noise,"
-                            "dropout_2_implicit,explicit_implicit")
+  regs = exp.parse_regimens(
+    "none, dropout_1,dropout_8,dropout_4_fix_noise,"
+    "dropout_2_implicit,explicit_implicit"
+  )
   assert [(r.name, r.objective, r.k) for r in regs] == [
-      ("none", "none", 0), ("dropout_1", "dropout", 1),
-      ("dropout_8", "dropout_k", 8),
-      ("dropout_4_fix_noise", "dropout_k_fix_noise", 4),
-      ("dropout_2_implicit", "dropout_k_implicit", 2),
-      ("explicit_implicit", "explicit_implicit", 0)]
+    ("none", "none", 0),
+    ("dropout_1", "dropout", 1),
+    ("dropout_8", "dropout_k", 8),
+    ("dropout_4_fix_noise", "dropout_k_fix_noise", 4),
+    ("dropout_2_implicit", "dropout_k_implicit", 2),
+    ("explicit_implicit", "explicit_implicit", 0),
+  ]
   for bad in ("dropout", "dropout_0", "dropout_1_fix_noise", "l2", "drop_8"):
     with pytest.raises(ValueError):
       exp.parse_regimens(bad)
@@ -46,6 +50,7 @@ def toy_setup(vocab=5, b=3, t=4, chunks=3, seed=0):
   rng = np.random.default_rng(seed)
   stream = rng.integers(0, vocab, size=b * (chunks * t + 1)).astype(np.int32)
   from dropjax.data import text
+
   x, y = text.bptt_batches(text.batchify(stream, b), t)
   return apply, init, spec, model, x, y, stream
 
@@ -57,12 +62,17 @@ def test_evaluate_stream_is_the_mean_ce_of_the_streams_read_in_order():
   got = lm.evaluate_stream(apply, params, es, model.initial_carry)
   # Direct: each row read in one piece from zeros.
   from dropjax.data import text
+
   rows = text.batchify(stream, 2)
   n = es.inputs.shape[0] * 3
-  logits, _ = apply(params, (jnp.asarray(rows[:, :n]),
-                             model.initial_carry(2)), dropjax.identity_sites)
-  ce = dropjax.losses.per_position_loss("softmax_cross_entropy", logits,
-                                        jnp.asarray(rows[:, 1:n + 1]))
+  logits, _ = apply(
+    params,
+    (jnp.asarray(rows[:, :n]), model.initial_carry(2)),
+    dropjax.identity_sites,
+  )
+  ce = dropjax.losses.per_position_loss(
+    "softmax_cross_entropy", logits, jnp.asarray(rows[:, 1 : n + 1])
+  )
   np.testing.assert_allclose(got, float(jnp.mean(ce)), rtol=1e-5)
   assert es.num_tokens == 2 * n
 
@@ -72,26 +82,52 @@ def toy():
   """One toy model, objective and optimizer shared by the tests below (so
   the engine compiles them once)."""
   apply, init, spec, model, x, y, stream = toy_setup()
-  obj = dropjax.objectives.dropout(apply, rates=spec.rates,
-                                   broadcast_axes=spec.broadcast_axes,
-                                   has_aux=True)
-  return (apply, init, model, x, y, stream, obj,
-          make_optimizer("adam", 1e-2, clip_norm=1.0))
+  obj = dropjax.objectives.dropout(
+    apply, rates=spec.rates, broadcast_axes=spec.broadcast_axes, has_aux=True
+  )
+  return (
+    apply,
+    init,
+    model,
+    x,
+    y,
+    stream,
+    obj,
+    make_optimizer("adam", 1e-2, clip_norm=1.0),
+  )
 
 
-def train_toy(tmp, steps=6, seeds=(0, 1), callback=None, objective=None,
-              init=None, apply=None, **kw):
+def train_toy(
+  tmp,
+  steps=6,
+  seeds=(0, 1),
+  callback=None,
+  objective=None,
+  init=None,
+  apply=None,
+  **kw,
+):
   apply0, init0, model, x, y, stream, obj0, opt = toy()
   apply = apply or apply0
-  return lm.train(apply, objective or obj0, opt, init or init0,
-                  lm.bptt_stream(x, y, model.initial_carry), steps=steps,
-                  seeds=seeds, chunk_size=2,
-                  eval_data=lm.StreamEvaluator(
-                      apply, {"curve": lm.make_eval_set(stream, 2, 3)},
-                      model.initial_carry),
-                  keep_best=("curve", "loss"), on_nan="drop_seed",
-                  run_dir=tmp, progress=False, callback=callback,
-                  **{"devices": 1, **kw})
+  return lm.train(
+    apply,
+    objective or obj0,
+    opt,
+    init or init0,
+    lm.bptt_stream(x, y, model.initial_carry),
+    steps=steps,
+    seeds=seeds,
+    chunk_size=2,
+    eval_data=lm.StreamEvaluator(
+      apply, {"curve": lm.make_eval_set(stream, 2, 3)}, model.initial_carry
+    ),
+    keep_best=("curve", "loss"),
+    on_nan="drop_seed",
+    run_dir=tmp,
+    progress=False,
+    callback=callback,
+    **{"devices": 1, **kw},
+  )
 
 
 def test_bptt_training_reproducible_resumable_and_seeds_independent(tmp_path):
@@ -100,9 +136,11 @@ def test_bptt_training_reproducible_resumable_and_seeds_independent(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a.state.params, b.state.params)
   # Seed 1 alone gives what it gives among (0, 1).
   c = train_toy(None, seeds=(1,))
-  jax.tree.map(lambda u, v: np.testing.assert_allclose(u[1], v[0],
-                                                       rtol=1e-6, atol=1e-7),
-               a.state.params, c.state.params)
+  jax.tree.map(
+    lambda u, v: np.testing.assert_allclose(u[1], v[0], rtol=1e-6, atol=1e-7),
+    a.state.params,
+    c.state.params,
+  )
   # Killed after the second call, then resumed: same as uninterrupted.
 
   class Killed(Exception):
@@ -118,10 +156,12 @@ def test_bptt_training_reproducible_resumable_and_seeds_independent(tmp_path):
   assert r.resumed_from == 4
   jax.tree.map(np.testing.assert_array_equal, a.state.params, r.state.params)
   assert [h["step"] for h in r.history] == [2, 4, 6]
-  assert [json.loads(l)["step"] for l in
-          open(tmp_path / "r" / lm.METRICS_FILE)] == [2, 4, 6]
-  np.testing.assert_allclose(r.history[-1]["eval"]["curve"]["bpc"],
-                             a.history[-1]["eval"]["curve"]["bpc"])
+  assert [
+    json.loads(l)["step"] for l in open(tmp_path / "r" / lm.METRICS_FILE)
+  ] == [2, 4, 6]
+  np.testing.assert_allclose(
+    r.history[-1]["eval"]["curve"]["bpc"], a.history[-1]["eval"]["curve"]["bpc"]
+  )
   # The best parameters belong to the best curve point.
   for j, s in enumerate(a.seeds):
     bpcs = {h["step"]: h["eval"]["curve"]["bpc"][j] for h in a.history}
@@ -139,12 +179,21 @@ def test_carry_is_reset_at_each_epoch_and_carried_within_it():
     loss = dropjax.losses.mean_loss("softmax_cross_entropy", logits, targets)
     return loss, {"data_loss": loss, "model_aux": new}
 
-  lm.train(apply, objective, make_optimizer("adam", 1e-2), init,
-           lm.bptt_stream(x, y, model.initial_carry), steps=4, seeds=(0,),
-           chunk_size=4, progress=False, devices=1)
+  lm.train(
+    apply,
+    objective,
+    make_optimizer("adam", 1e-2),
+    init,
+    lm.bptt_stream(x, y, model.initial_carry),
+    steps=4,
+    seeds=(0,),
+    chunk_size=4,
+    progress=False,
+    devices=1,
+  )
   assert len(seen) == 4
-  assert np.all(seen[0] == 0) and np.all(seen[2] == 0)    # epoch starts
-  assert np.any(seen[1] != 0) and np.any(seen[3] != 0)    # carried
+  assert np.all(seen[0] == 0) and np.all(seen[2] == 0)  # epoch starts
+  assert np.any(seen[1] != 0) and np.any(seen[3] != 0)  # carried
 
 
 def test_nan_seed_is_reported_and_the_other_seed_continues(tmp_path, capsys):
@@ -171,8 +220,13 @@ def test_nan_seed_is_reported_and_the_other_seed_continues(tmp_path, capsys):
     loss, aux = base(params, batch, key)
     return loss + 0 * jnp.log(jax.lax.stop_gradient(params["flag"])), aux
 
-  res = train_toy(str(tmp_path), seeds=(good, bad), objective=objective,
-                  init=init, apply=apply)
+  res = train_toy(
+    str(tmp_path),
+    seeds=(good, bad),
+    objective=objective,
+    init=init,
+    apply=apply,
+  )
   assert set(res.failures) == {bad}
   f = res.failures[bad]
   assert f["step"] == 0
@@ -203,17 +257,30 @@ def test_smoke_experiment_end_to_end_and_resume(tmp_path, monkeypatch):
   assert on_disk["records"] == json.loads(json.dumps(recs))
   for r in recs:
     assert r["status"] == "ok"
-    for k in ("regimen", "k", "seed", "val_bpc", "test_bpc", "best_val_bpc",
-              "best_test_bpc", "train_loss", "curve"):
+    for k in (
+      "regimen",
+      "k",
+      "seed",
+      "val_bpc",
+      "test_bpc",
+      "best_val_bpc",
+      "best_test_bpc",
+      "train_loss",
+      "curve",
+    ):
       assert k in r, k
     assert 0 < r["val_bpc"] < 10 and 0 < r["test_bpc"] < 10
     assert [p["step"] for p in r["curve"]] == [2, 4]
     assert all(math.isfinite(p["val_bpc"]) for p in r["curve"])
     assert math.isfinite(r["train_loss"])
-    assert os.path.exists(os.path.join(workdir, "runs", r["regimen"],
-                                       lm.METRICS_FILE))
+    assert os.path.exists(
+      os.path.join(workdir, "runs", r["regimen"], lm.METRICS_FILE)
+    )
   assert {(r["regimen"], r["k"]) for r in recs} >= {
-      ("dropout_2", 2), ("dropout_2_fix_noise", 2), ("none", 0)}
+    ("dropout_2", 2),
+    ("dropout_2_fix_noise", 2),
+    ("none", 0),
+  }
   # Seeds differ; the stochastic regimens differ from each other.
   by = {(r["regimen"], r["seed"]): r["val_bpc"] for r in recs}
   assert by["none", 0] != by["none", 1]
@@ -247,28 +314,47 @@ def test_smoke_experiment_end_to_end_and_resume(tmp_path, monkeypatch):
 
 def test_report_verdicts_follow_the_numbers():
   def recs(name, k, vals, objective="dropout_k"):
-    return [{"regimen": name, "objective": objective, "k": k, "seed": i,
-             "status": "ok", "val_bpc": v} for i, v in enumerate(vals)]
+    return [
+      {
+        "regimen": name,
+        "objective": objective,
+        "k": k,
+        "seed": i,
+        "status": "ok",
+        "val_bpc": v,
+      }
+      for i, v in enumerate(vals)
+    ]
 
-  good = (recs("none", 0, [2.30, 2.31], "none")
-          + recs("dropout_1", 1, [2.00, 2.01], "dropout")
-          + recs("dropout_2", 2, [2.05, 2.06])
-          + recs("dropout_8", 8, [2.20, 2.21])
-          + recs("dropout_8_fix_noise", 8, [2.02, 2.03],
-                 "dropout_k_fix_noise")
-          + recs("dropout_8_implicit", 8, [2.01, 2.02], "dropout_k_implicit")
-          + recs("explicit_implicit", 0, [2.005, 2.004], "explicit_implicit"))
+  good = (
+    recs("none", 0, [2.30, 2.31], "none")
+    + recs("dropout_1", 1, [2.00, 2.01], "dropout")
+    + recs("dropout_2", 2, [2.05, 2.06])
+    + recs("dropout_8", 8, [2.20, 2.21])
+    + recs("dropout_8_fix_noise", 8, [2.02, 2.03], "dropout_k_fix_noise")
+    + recs("dropout_8_implicit", 8, [2.01, 2.02], "dropout_k_implicit")
+    + recs("explicit_implicit", 0, [2.005, 2.004], "explicit_implicit")
+  )
   assert "**Supported**" in exp.claim_k_degrades(good, None)
   c2 = exp.claim_noise_repairs(good, None)
   assert "fix-noise: supported" in c2 and "+ implicit: supported" in c2
   assert "**Supported**" in exp.claim_analytic_matches(good, None)
   # DROPOUT_8 better than DROPOUT_1, fix-noise undoing it, and the analytic
   # replacement worse than dropout.
-  new = {"dropout_1": 2.20, "dropout_2": 2.10, "dropout_8": 2.00,
-         "dropout_8_fix_noise": 2.20, "dropout_8_implicit": 2.21,
-         "explicit_implicit": 2.35}
-  flipped = [dict(r, val_bpc=new[r["regimen"]] + 0.01 * r["seed"])
-             if r["regimen"] in new else r for r in good]
+  new = {
+    "dropout_1": 2.20,
+    "dropout_2": 2.10,
+    "dropout_8": 2.00,
+    "dropout_8_fix_noise": 2.20,
+    "dropout_8_implicit": 2.21,
+    "explicit_implicit": 2.35,
+  }
+  flipped = [
+    dict(r, val_bpc=new[r["regimen"]] + 0.01 * r["seed"])
+    if r["regimen"] in new
+    else r
+    for r in good
+  ]
   assert "reversed" in exp.claim_k_degrades(flipped, None)
   c2 = exp.claim_noise_repairs(flipped, None)
   assert "Not testable as stated" in c2 and "fix-noise undoes 100%" in c2

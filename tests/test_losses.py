@@ -21,8 +21,11 @@ def test_fisher_identity_for_cross_entropy():
   p = jax.nn.softmax(z)
   e = jnp.eye(5)
   outer = jnp.einsum("c,ci,cj->ij", p, p - e, p - e)
-  hess = jax.hessian(lambda z: L.per_position_loss(
-      "softmax_cross_entropy", z[None], jnp.array([2]))[0])(z)
+  hess = jax.hessian(
+    lambda z: L.per_position_loss(
+      "softmax_cross_entropy", z[None], jnp.array([2])
+    )[0]
+  )(z)
   np.testing.assert_allclose(outer, jnp.diag(p) - jnp.outer(p, p), atol=1e-12)
   np.testing.assert_allclose(hess, jnp.diag(p) - jnp.outer(p, p), atol=1e-12)
   f = L.hessian_factors("softmax_cross_entropy", z[None])[0]
@@ -30,7 +33,7 @@ def test_fisher_identity_for_cross_entropy():
 
 
 def test_losses_cotangents_and_squared_error_hessian_match_their_formulas():
-  z = jax.random.normal(jax.random.key(0), (2, 3, 4))         # 6 positions
+  z = jax.random.normal(jax.random.key(0), (2, 3, 4))  # 6 positions
   labels = jnp.array([[0, 3, 1], [2, 2, 0]])
   targets = jax.random.normal(jax.random.key(1), (2, 3, 4))
   assert L.num_positions(z) == 6
@@ -41,21 +44,26 @@ def test_losses_cotangents_and_squared_error_hessian_match_their_formulas():
   want = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
   chex.assert_trees_all_close(ce, want, rtol=1e-12)
   chex.assert_trees_all_close(
-      L.mean_loss("softmax_cross_entropy", z, labels), jnp.mean(want),
-      rtol=1e-12)
+    L.mean_loss("softmax_cross_entropy", z, labels), jnp.mean(want), rtol=1e-12
+  )
   chex.assert_trees_all_close(
-      L.loss_cotangent("softmax_cross_entropy", z, labels),
-      (jnp.exp(logp) - jax.nn.one_hot(labels, 4)) / 6, atol=1e-12)
+    L.loss_cotangent("softmax_cross_entropy", z, labels),
+    (jnp.exp(logp) - jax.nn.one_hot(labels, 4)) / 6,
+    atol=1e-12,
+  )
   # Squared error: 0.5 ||f - y||², cotangent (f - y)/N, Hessian I = Fᵀ F.
   se = L.per_position_loss("squared_error", z, targets)
   chex.assert_trees_all_close(
-      se, 0.5 * jnp.sum((z - targets) ** 2, axis=-1), rtol=1e-12)
-  chex.assert_trees_all_close(L.loss_cotangent("squared_error", z, targets),
-                              (z - targets) / 6, atol=1e-12)
+    se, 0.5 * jnp.sum((z - targets) ** 2, axis=-1), rtol=1e-12
+  )
+  chex.assert_trees_all_close(
+    L.loss_cotangent("squared_error", z, targets), (z - targets) / 6, atol=1e-12
+  )
   f = L.hessian_factors("squared_error", z)
   chex.assert_shape(f, (2, 3, 4, 4))
-  hess = jax.hessian(lambda o: L.per_position_loss(
-      "squared_error", o[None], targets[0, :1])[0])(z[0, 0])
+  hess = jax.hessian(
+    lambda o: L.per_position_loss("squared_error", o[None], targets[0, :1])[0]
+  )(z[0, 0])
   chex.assert_trees_all_close(f[0, 0].T @ f[0, 0], hess, atol=1e-12)
   assert L.identity_hessian_scale("softmax_cross_entropy", 4) == 0.25
   assert L.identity_hessian_scale("squared_error", 4) == 1.0

@@ -20,8 +20,14 @@ from dropjax.models import lstm
 
 
 def small(num_layers=2, vocab=7, embed_dim=5, hidden_size=6, key=0, **kw):
-  return lstm.make_lm(vocab, key=key, embed_dim=embed_dim,
-                      hidden_size=hidden_size, num_layers=num_layers, **kw)
+  return lstm.make_lm(
+    vocab,
+    key=key,
+    embed_dim=embed_dim,
+    hidden_size=hidden_size,
+    num_layers=num_layers,
+    **kw,
+  )
 
 
 def tokens(shape, vocab=7, seed=0):
@@ -32,20 +38,38 @@ def tokens(shape, vocab=7, seed=0):
 
 
 def test_sites_names_shapes_rates_and_locked_axes():
-  apply, params, spec, model = small(num_layers=3, dropout_emb=0.1,
-                                     dropout_hidden=0.2, dropout_out=0.3,
-                                     dropout_weight=0.4)
+  apply, params, spec, model = small(
+    num_layers=3,
+    dropout_emb=0.1,
+    dropout_hidden=0.2,
+    dropout_out=0.3,
+    dropout_weight=0.4,
+  )
   x = (tokens((2, 4)), model.initial_carry(2))
   shapes = S.site_shapes(apply, params, x, has_aux=True)
-  assert tuple(shapes) == lstm.site_names(3) == (
-      "emb", "w_hh0", "h0", "w_hh1", "h1", "w_hh2", "out")
+  assert (
+    tuple(shapes)
+    == lstm.site_names(3)
+    == ("emb", "w_hh0", "h0", "w_hh1", "h1", "w_hh2", "out")
+  )
   assert shapes["emb"].shape == (2, 4, 5)
   assert shapes["h0"].shape == (2, 4, 6)
   assert shapes["w_hh2"].shape == (6, 24)
-  assert spec.rates == {"emb": 0.1, "w_hh0": 0.4, "h0": 0.2, "w_hh1": 0.4,
-                        "h1": 0.2, "w_hh2": 0.4, "out": 0.3}
-  assert spec.broadcast_axes == {"emb": (1,), "h0": (1,), "h1": (1,),
-                                 "out": (1,)}
+  assert spec.rates == {
+    "emb": 0.1,
+    "w_hh0": 0.4,
+    "h0": 0.2,
+    "w_hh1": 0.4,
+    "h1": 0.2,
+    "w_hh2": 0.4,
+    "out": 0.3,
+  }
+  assert spec.broadcast_axes == {
+    "emb": (1,),
+    "h0": (1,),
+    "h1": (1,),
+    "out": (1,),
+  }
 
 
 def test_tied_decoder_uses_the_embedding_and_last_layer_has_embed_units():
@@ -115,18 +139,20 @@ def test_locked_masks_constant_over_time_and_different_across_batch():
   apply, params, spec, model = small(num_layers=2)
   b, t = 6, 9
   x = (tokens((b, t)), model.initial_carry(b))
-  sites = dropjax.dropout_sites(jax.random.key(1), spec.rates,
-                                broadcast_axes=spec.broadcast_axes)
+  sites = dropjax.dropout_sites(
+    jax.random.key(1), spec.rates, broadcast_axes=spec.broadcast_axes
+  )
   masks = recorded_masks(apply, params, x, sites)
   keep = 1.0 / (1 - 0.4)
   for name in ("emb", "h0", "out"):
     m = np.asarray(masks[name])
     assert m.shape[:2] == (b, t)
-    np.testing.assert_allclose(m, np.broadcast_to(m[:, :1], m.shape),
-                               rtol=1e-5, err_msg=name)      # locked in time
-    assert not np.allclose(m[0, 0], m[1, 0]), name            # per sequence
+    np.testing.assert_allclose(
+      m, np.broadcast_to(m[:, :1], m.shape), rtol=1e-5, err_msg=name
+    )  # locked in time
+    assert not np.allclose(m[0, 0], m[1, 0]), name  # per sequence
     is0, is_keep = np.isclose(m, 0.0), np.isclose(m, keep, rtol=1e-5)
-    assert np.all(is0 | is_keep), name                       # 0 or 1/(1-q)
+    assert np.all(is0 | is_keep), name  # 0 or 1/(1-q)
     assert is0.any() and is_keep.any(), name
 
 
@@ -144,8 +170,9 @@ def test_dropconnect_mask_is_shared_by_batch_and_time():
   rates = {n: (0.4 if n.startswith("w_hh") else 0.0) for n in spec.rates}
   seq = tokens((1, 10))
   x = (jnp.concatenate([seq, seq]), model.initial_carry(2))
-  sites = dropjax.dropout_sites(jax.random.key(2), rates,
-                                broadcast_axes=spec.broadcast_axes)
+  sites = dropjax.dropout_sites(
+    jax.random.key(2), rates, broadcast_axes=spec.broadcast_axes
+  )
 
   @jax.jit
   def run(p, x):
@@ -170,15 +197,21 @@ def test_dropconnect_mask_is_shared_by_batch_and_time():
     assert np.all(np.isclose(m, 0.0) | np.isclose(m, 1 / 0.6, rtol=1e-5))
     assert np.isclose(m, 0.0).any()
     p2[f"lstm_{i}"]["w_hh"] = dropped[f"w_hh{i}"]
-  np.testing.assert_allclose(clean(apply)(p2, x)[0], logits,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    clean(apply)(p2, x)[0], logits, rtol=1e-5, atol=1e-6
+  )
 
 
 def test_same_key_same_masks_different_key_different_masks():
   apply, params, spec, model = small()
   x = (tokens((3, 5)), model.initial_carry(3))
-  run = jax.jit(lambda k: apply(params, x, dropjax.dropout_sites(
-      k, spec.rates, broadcast_axes=spec.broadcast_axes))[0])
+  run = jax.jit(
+    lambda k: apply(
+      params,
+      x,
+      dropjax.dropout_sites(k, spec.rates, broadcast_axes=spec.broadcast_axes),
+    )[0]
+  )
   k5 = jax.random.key(5)
   np.testing.assert_array_equal(run(k5), run(k5))
   assert not np.allclose(run(k5), run(jax.random.key(6)))
@@ -196,11 +229,14 @@ def test_two_chunks_with_carry_equal_the_whole_sequence(num_layers):
   whole, c_whole = f(params, (seq, c0))
   a, c1 = f(params, (seq[:, :5], c0))
   b, c2 = f(params, (seq[:, 5:], c1))
-  np.testing.assert_allclose(jnp.concatenate([a, b], axis=1), whole,
-                             rtol=1e-5, atol=1e-6)
-  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5,
-                                                       atol=1e-6),
-               c2, c_whole)
+  np.testing.assert_allclose(
+    jnp.concatenate([a, b], axis=1), whole, rtol=1e-5, atol=1e-6
+  )
+  jax.tree.map(
+    lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6),
+    c2,
+    c_whole,
+  )
   # ... and the carry matters: restarting from zeros gives other outputs.
   b0, _ = f(params, (seq[:, 5:], c0))
   assert not np.allclose(b0, b)
@@ -211,18 +247,25 @@ def test_objectives_return_the_new_carry_as_model_aux():
   x = (tokens((2, 4)), model.initial_carry(2))
   y = tokens((2, 4), seed=1)
   _, clean_carry = clean(apply)(params, x)
-  for obj in (dropjax.objectives.none(apply, has_aux=True),
-              dropjax.objectives.explicit_implicit(apply, rates=spec.rates,
-                                                   has_aux=True)):
+  for obj in (
+    dropjax.objectives.none(apply, has_aux=True),
+    dropjax.objectives.explicit_implicit(apply, rates=spec.rates, has_aux=True),
+  ):
     _, aux = jax.jit(obj)(params, (x, y), jax.random.key(0))
-    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6),
-                 aux["model_aux"], clean_carry)
-  obj = dropjax.objectives.dropout_k(apply, rates=spec.rates, k=3,
-                                     broadcast_axes=spec.broadcast_axes,
-                                     has_aux=True)
+    jax.tree.map(
+      lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6),
+      aux["model_aux"],
+      clean_carry,
+    )
+  obj = dropjax.objectives.dropout_k(
+    apply,
+    rates=spec.rates,
+    k=3,
+    broadcast_axes=spec.broadcast_axes,
+    has_aux=True,
+  )
   _, aux = jax.jit(obj)(params, (x, y), jax.random.key(0))
-  assert jax.tree.structure(aux["model_aux"]) == jax.tree.structure(
-      clean_carry)
+  assert jax.tree.structure(aux["model_aux"]) == jax.tree.structure(clean_carry)
 
 
 # ------------------------------------------- analytic regularizers, float64
@@ -234,28 +277,41 @@ def x64():
     yield
 
 
-def tiny_lstm(num_layers, *, vocab=3, embed_dim=2, hidden_size=2, b=1, t=2,
-              seed=0):
+def tiny_lstm(
+  num_layers, *, vocab=3, embed_dim=2, hidden_size=2, b=1, t=2, seed=0
+):
   """A float64 tiny LSTM with a random non-zero initial carry."""
   apply, params, spec, model = lstm.make_lm(
-      vocab, key=seed, embed_dim=embed_dim, hidden_size=hidden_size,
-      num_layers=num_layers)
+    vocab,
+    key=seed,
+    embed_dim=embed_dim,
+    hidden_size=hidden_size,
+    num_layers=num_layers,
+  )
   # Larger weights than the default init, so every term is well above
   # rounding error.
   ks = iter(jax.random.split(jax.random.key(seed + 100), 64))
   params = jax.tree.map(
-      lambda a: jax.random.normal(next(ks), a.shape, jnp.float64), params)
+    lambda a: jax.random.normal(next(ks), a.shape, jnp.float64), params
+  )
   carry = tuple(
-      (jax.random.normal(next(ks), (b, h), jnp.float64),
-       jax.random.normal(next(ks), (b, h), jnp.float64)) for h in model.sizes)
+    (
+      jax.random.normal(next(ks), (b, h), jnp.float64),
+      jax.random.normal(next(ks), (b, h), jnp.float64),
+    )
+    for h in model.sizes
+  )
   toks = jax.random.randint(next(ks), (b, t), 0, vocab)
   return apply, params, spec, (toks, carry)
 
 
 def label_sequences(shape, k):
   n = int(np.prod(shape))
-  return jnp.asarray(np.array(list(itertools.product(range(k), repeat=n))
-                              ).reshape((-1,) + tuple(shape)))
+  return jnp.asarray(
+    np.array(list(itertools.product(range(k), repeat=n))).reshape(
+      (-1,) + tuple(shape)
+    )
+  )
 
 
 def sampled_label_expectation(apply, params, x, rates, *, grad=False):
@@ -263,15 +319,19 @@ def sampled_label_expectation(apply, params, x, rates, *, grad=False):
 
   def r_for(p, y_hat):
     lin = S.linearize_sites(apply, p, x, has_aux=True)
-    return ex.explicit_from_linearization(lin, rates, estimator="true_label",
-                                          y=y_hat)
+    return ex.explicit_from_linearization(
+      lin, rates, estimator="true_label", y=y_hat
+    )
 
   logits = apply(params, x, S.identity_sites)[0]
   labels = label_sequences(logits.shape[:-1], logits.shape[-1])
   logp = jax.nn.log_softmax(logits, axis=-1)
-  probs = jnp.exp(jnp.sum(jnp.take_along_axis(
-      logp[None], labels[..., None], axis=-1)[..., 0],
-      axis=tuple(range(1, labels.ndim))))
+  probs = jnp.exp(
+    jnp.sum(
+      jnp.take_along_axis(logp[None], labels[..., None], axis=-1)[..., 0],
+      axis=tuple(range(1, labels.ndim)),
+    )
+  )
   np.testing.assert_allclose(float(jnp.sum(probs)), 1.0, atol=1e-12)
   f = jax.grad(r_for) if grad else r_for
   vals = jax.jit(jax.vmap(f, in_axes=(None, 0)))(params, labels)
@@ -279,23 +339,26 @@ def sampled_label_expectation(apply, params, x, rates, *, grad=False):
 
 
 def test_sampled_label_explicit_is_unbiased_for_gauss_newton(x64):
-  apply, params, spec, x = tiny_lstm(2)   # every kind of site: emb h0 out w_hh
-  rates = {"emb": 0.3, "out": 0.4, **{n: 0.25 for n in spec.rates
-                                      if n not in ("emb", "out")}}
-  rates = S.resolve_rates(rates, S.site_shapes(apply, params, x,
-                                               has_aux=True))
+  apply, params, spec, x = tiny_lstm(2)  # every kind of site: emb h0 out w_hh
+  rates = {
+    "emb": 0.3,
+    "out": 0.4,
+    **{n: 0.25 for n in spec.rates if n not in ("emb", "out")},
+  }
+  rates = S.resolve_rates(rates, S.site_shapes(apply, params, x, has_aux=True))
   expect = sampled_label_expectation(apply, params, x, rates)
 
   @jax.jit
   def gn_and_dtype(p):
     lin = S.linearize_sites(apply, p, x, has_aux=True)
-    return (ex.explicit_from_linearization(lin, rates,
-                                           estimator="gauss_newton"),
-            jnp.zeros((), lin.outputs.dtype))
+    return (
+      ex.explicit_from_linearization(lin, rates, estimator="gauss_newton"),
+      jnp.zeros((), lin.outputs.dtype),
+    )
 
   gn, z = gn_and_dtype(params)
   assert z.dtype == jnp.float64 and gn.dtype == jnp.float64
-  assert float(gn) > 1e-3                    # a non-trivial value
+  assert float(gn) > 1e-3  # a non-trivial value
   assert abs(float(expect - gn)) < 1e-10, (float(expect), float(gn))
 
 
@@ -307,8 +370,8 @@ def test_sampled_label_gradient_is_gauss_newton_gradient_with_constant_h(x64):
   def gn(p, hessian_gradient):
     lin = S.linearize_sites(apply, p, x, has_aux=True)
     return ex.explicit_from_linearization(
-        lin, rates, estimator="gauss_newton",
-        hessian_gradient=hessian_gradient)
+      lin, rates, estimator="gauss_newton", hessian_gradient=hessian_gradient
+    )
 
   flat = lambda t: jnp.concatenate([a.ravel() for a in jax.tree.leaves(t)])
   g_const = flat(jax.jit(jax.grad(gn), static_argnums=1)(params, False))
@@ -329,8 +392,7 @@ def test_gauss_newton_matches_a_brute_force_jacobian(x64):
     lin = S.linearize_sites(apply, p, x, has_aux=True)
     gn = ex.explicit_from_linearization(lin, rates, estimator="gauss_newton")
     zeros = {n: jnp.zeros_like(v) for n, v in lin.activations.items()}
-    jac = jax.jacobian(
-        lambda d: apply(p, x, S.perturbation_sites(d))[0])(zeros)
+    jac = jax.jacobian(lambda d: apply(p, x, S.perturbation_sites(d))[0])(zeros)
     return gn, lin.activations, jac, lin.outputs
 
   gn, acts, jac, z = pieces(params)
@@ -340,7 +402,7 @@ def test_gauss_newton_matches_a_brute_force_jacobian(x64):
   n = p.shape[0]
   total = 0.0
   for name, v in acts.items():
-    j = jac[name].reshape(n, k, -1)          # [positions, K, elements]
+    j = jac[name].reshape(n, k, -1)  # [positions, K, elements]
     diag = jnp.einsum("tki,tkl,tli->i", j, hs, j) / n
     q = rates[name]
     total += q / (2 * (1 - q)) * jnp.sum(v.ravel() ** 2 * diag)
@@ -351,8 +413,7 @@ def test_implicit_is_zero_mean_with_dropout_covariance_over_all_signs(x64):
   # One unit per layer keeps the number of site elements small enough to
   # enumerate every sign pattern: emb 2 + w_hh0 4 + out 2 = 8 -> 256.
   apply, params, spec, x = tiny_lstm(1, embed_dim=1, hidden_size=1)
-  rates = S.resolve_rates({"emb": 0.2, "w_hh0": 0.4, "out": 0.3},
-                          spec.rates)
+  rates = S.resolve_rates({"emb": 0.2, "w_hh0": 0.4, "out": 0.3}, spec.rates)
   y = jnp.array([[2, 0]])
   lin = S.linearize_sites(apply, params, x, has_aux=True)
   names = list(lin.activations)
@@ -363,20 +424,20 @@ def test_implicit_is_zero_mean_with_dropout_covariance_over_all_signs(x64):
   def split(sv):
     out, i = {}, 0
     for n, size in zip(names, sizes):
-      out[n] = sv[i:i + size].reshape(lin.activations[n].shape)
+      out[n] = sv[i : i + size].reshape(lin.activations[n].shape)
       i += size
     return out
 
   def r_imp(p, sv):
     l2 = S.linearize_sites(apply, p, x, has_aux=True)
-    return im.implicit_from_linearization(l2, rates, y=y,
-                                          key=jax.random.key(0),
-                                          signs=split(sv))
+    return im.implicit_from_linearization(
+      l2, rates, y=y, key=jax.random.key(0), signs=split(sv)
+    )
 
   flat = lambda t: jnp.concatenate([a.ravel() for a in jax.tree.leaves(t)])
-  vals, grads = jax.jit(jax.vmap(
-      lambda sv: (r_imp(params, sv), flat(jax.grad(r_imp)(params, sv)))))(
-          patterns)
+  vals, grads = jax.jit(
+    jax.vmap(lambda sv: (r_imp(params, sv), flat(jax.grad(r_imp)(params, sv))))
+  )(patterns)
   assert float(jnp.max(jnp.abs(vals))) > 1e-3
   assert abs(float(jnp.mean(vals))) < 1e-12
   assert float(jnp.max(jnp.abs(jnp.mean(grads, 0)))) < 1e-12
@@ -387,20 +448,23 @@ def test_implicit_is_zero_mean_with_dropout_covariance_over_all_signs(x64):
   def u(p):
     l2 = S.linearize_sites(apply, p, x, has_aux=True)
     g = l2.vjp(L.loss_cotangent("softmax_cross_entropy", l2.outputs, y))
-    return jnp.concatenate([(l2.activations[n] * g[n]).ravel()
-                            for n in names])
+    return jnp.concatenate([(l2.activations[n] * g[n]).ravel() for n in names])
 
   leaves, treedef = jax.tree.flatten(params)
 
   def unflatten(fp):
     out, i = [], 0
     for leaf in leaves:
-      out.append(fp[i:i + leaf.size].reshape(leaf.shape))
+      out.append(fp[i : i + leaf.size].reshape(leaf.shape))
       i += leaf.size
     return jax.tree.unflatten(treedef, out)
 
   a = jax.jit(jax.jacobian(lambda fp: u(unflatten(fp))))(flat(params))
-  c = jnp.concatenate([jnp.full((size,), rates[n] / (1 - rates[n]))
-                       for n, size in zip(names, sizes)])
+  c = jnp.concatenate(
+    [
+      jnp.full((size,), rates[n] / (1 - rates[n]))
+      for n, size in zip(names, sizes)
+    ]
+  )
   expected = (a * c[:, None]).T @ a
   np.testing.assert_allclose(cov, expected, atol=1e-11, rtol=1e-9)

@@ -38,7 +38,8 @@ def _batch(n=16, seed=0):
 def _abstract(name, **kwargs):
   """The model built abstractly (shapes only, no FLOPs or compilation)."""
   model = nnx.eval_shape(
-      lambda: models.MODELS[name](**kwargs, rngs=nnx.Rngs(0)))
+    lambda: models.MODELS[name](**kwargs, rngs=nnx.Rngs(0))
+  )
   return djflax.functional(model)[1], djflax.site_spec(model).rates
 
 
@@ -59,8 +60,13 @@ def _close(a, b, rtol=1e-5, atol=1e-6):
 
 def test_mlp_default_architecture_and_names():
   apply, params, rates = models.make_model("mlp", key=0)
-  assert list(params) == ["hidden_0", "hidden_1", "hidden_2", "hidden_3",
-                          "output"]
+  assert list(params) == [
+    "hidden_0",
+    "hidden_1",
+    "hidden_2",
+    "hidden_3",
+    "output",
+  ]
   assert rates == {f"hidden_{i}": 0.5 for i in range(4)}
   shapes = [(784, 256), (256, 256), (256, 256), (256, 256), (256, 10)]
   kernels = [l for l in jax.tree.leaves(params) if l.ndim == 2]
@@ -84,8 +90,9 @@ def test_mlp_default_architecture_and_names():
 def test_glorot_uniform_equals_flax(shape):
   key = jax.random.key(9)
   np.testing.assert_array_equal(
-      models.glorot_uniform(key, shape),
-      nnx.initializers.glorot_uniform()(key, shape, jnp.float32))
+    models.glorot_uniform(key, shape),
+    nnx.initializers.glorot_uniform()(key, shape, jnp.float32),
+  )
 
 
 def test_mlp_many_layers_sort_in_depth_order():
@@ -99,8 +106,7 @@ def test_mlp_many_layers_sort_in_depth_order():
 
 
 def test_mlp_per_layer_rates_and_errors():
-  _, rates = _abstract("mlp", layer_sizes=(4, 3, 3, 2),
-                       dropout_rate=(0.1, 0.3))
+  _, rates = _abstract("mlp", layer_sizes=(4, 3, 3, 2), dropout_rate=(0.1, 0.3))
   assert rates == {"hidden_0": 0.1, "hidden_1": 0.3}
   with pytest.raises(ValueError, match="one rate per hidden layer"):
     models.make_model("mlp", layer_sizes=(4, 3, 3, 2), dropout_rate=(0.1,))
@@ -122,8 +128,8 @@ def test_mlp_as_plain_nnx_module(small_mlp):
   x, _ = _batch(8)
   model.eval()
   np.testing.assert_allclose(
-      model(x), apply(params, x, sites_lib.identity_sites), rtol=1e-5,
-      atol=1e-6)
+    model(x), apply(params, x, sites_lib.identity_sites), rtol=1e-5, atol=1e-6
+  )
   model.train()
   assert not np.allclose(model(x), apply(params, x, sites_lib.identity_sites))
   model.eval()
@@ -135,18 +141,20 @@ def test_make_init_vmap_matches_make_model():
   keys = jnp.stack([jax.random.key(5), jax.random.key(6)])
   stacked = jax.jit(jax.vmap(init))(keys)
   _close(jax.tree.map(lambda a: a[0], stacked), params5, rtol=0, atol=0)
-  assert not np.allclose(stacked["hidden_0"]["kernel"][0],
-                         stacked["hidden_0"]["kernel"][1])
+  assert not np.allclose(
+    stacked["hidden_0"]["kernel"][0], stacked["hidden_0"]["kernel"][1]
+  )
 
 
 # ----------------------------------------- adapter vs hand-written pure JAX
 
 
 REGIMENS = {
-    "none": lambda apply, rates: objectives.none(apply),
-    "dropout": lambda apply, rates: objectives.dropout(apply, rates=rates),
-    "explicit_implicit": lambda apply, rates: objectives.explicit_implicit(
-        apply, rates=rates),
+  "none": lambda apply, rates: objectives.none(apply),
+  "dropout": lambda apply, rates: objectives.dropout(apply, rates=rates),
+  "explicit_implicit": lambda apply, rates: objectives.explicit_implicit(
+    apply, rates=rates
+  ),
 }
 
 
@@ -154,8 +162,7 @@ def test_adapter_forward_matches_pure_jax(small_mlp):
   _, apply, params, rates = small_mlp
   x, _ = _batch()
   key = jax.random.key(7)
-  for sites in (sites_lib.identity_sites,
-                sites_lib.dropout_sites(key, rates)):
+  for sites in (sites_lib.identity_sites, sites_lib.dropout_sites(key, rates)):
     _close(apply(params, x, sites), ref_mlp_apply(params, x, sites))
 
 
@@ -167,10 +174,12 @@ def test_adapter_objective_and_gradients_match_pure_jax(regimen, small_mlp):
   rates = dict(rates, hidden_1=0.3)  # per-site rates reach both the same way
   batch = _batch()
   key = jax.random.key(11)
-  got = jax.jit(jax.value_and_grad(REGIMENS[regimen](apply, rates),
-                                   has_aux=True))(params, batch, key)
-  want = jax.jit(jax.value_and_grad(REGIMENS[regimen](ref_mlp_apply, rates),
-                                    has_aux=True))(params, batch, key)
+  got = jax.jit(
+    jax.value_and_grad(REGIMENS[regimen](apply, rates), has_aux=True)
+  )(params, batch, key)
+  want = jax.jit(
+    jax.value_and_grad(REGIMENS[regimen](ref_mlp_apply, rates), has_aux=True)
+  )(params, batch, key)
   (loss, aux), grads = got
   (loss_r, aux_r), grads_r = want
   chex.assert_tree_all_finite(loss)
@@ -206,11 +215,14 @@ def test_cnn_sites_forward_and_objective():
   x, y = _batch(4)
   shapes = sites_lib.site_shapes(apply, params, x)
   assert {n: s.shape for n, s in shapes.items()} == {
-      "conv_0": (4, 14, 14, 4), "conv_1": (4, 7, 7, 8), "dense_0": (4, 16)}
+    "conv_0": (4, 14, 14, 4),
+    "conv_1": (4, 7, 7, 8),
+    "dense_0": (4, 16),
+  }
   model.eval()
   np.testing.assert_allclose(
-      model(x), apply(params, x, sites_lib.identity_sites), rtol=1e-5,
-      atol=1e-6)
+    model(x), apply(params, x, sites_lib.identity_sites), rtol=1e-5, atol=1e-6
+  )
   obj = objectives.explicit_implicit(apply, rates=rates)
   loss, aux = jax.jit(obj)(params, (x, y), jax.random.key(0))
   assert np.isfinite(loss) and float(aux["explicit"]) > 0

@@ -15,9 +15,9 @@ from _helpers import mlp
 
 
 def grad_samples(objective, n, seed=0):
-  g = jax.jit(jax.vmap(lambda k: jax.grad(
-      lambda p: objective(p, BATCH, k)[0])(PARAMS)))(
-          jax.random.split(jax.random.key(seed), n))
+  g = jax.jit(
+    jax.vmap(lambda k: jax.grad(lambda p: objective(p, BATCH, k)[0])(PARAMS))
+  )(jax.random.split(jax.random.key(seed), n))
   return jnp.concatenate([a.reshape(n, -1) for a in jax.tree.leaves(g)], 1)
 
 
@@ -59,31 +59,33 @@ def test_dropout_k_implicit_adds_zero_mean_noise():
   gi = grad_samples(O.dropout_k_implicit(mlp, rates=q, k=k), n, seed=5)
   tk, _ = trace_cov(gk)
   ti, _ = trace_cov(gi)
-  assert ti > 1.5 * tk                      # noise was added
+  assert ti > 1.5 * tk  # noise was added
   diff = gi.mean(0) - gk.mean(0)
   se = jnp.sqrt(gi.var(0) / n + gk.var(0) / n)
   assert float(jnp.max(jnp.abs(diff) / se)) < 5
 
 
 REGIMENS = {
-    "none": lambda: O.none(mlp),
-    "dropout": lambda: O.dropout(mlp, rates=0.3),
-    "dropout_locked_gaussian": lambda: O.dropout(
-        mlp, rates=0.3, noise="gaussian"),
-    "dropout_k": lambda: O.dropout_k(mlp, rates=0.3, k=3),
-    "dropout_k_fix_noise": lambda: O.dropout_k_fix_noise(mlp, rates=0.3, k=3),
-    "dropout_k_implicit": lambda: O.dropout_k_implicit(mlp, rates=0.3, k=3),
-    "explicit": lambda: O.explicit(mlp, rates={"h1": 0.2, "h2": 0.4}),
-    "explicit_gn": lambda: O.explicit(mlp, rates=0.3, estimator="gauss_newton"),
-    "explicit_id": lambda: O.explicit(mlp, rates=0.3,
-                                      estimator="identity_hessian"),
-    "explicit_true": lambda: O.explicit(mlp, rates=0.3, estimator="true_label"),
-    "implicit": lambda: O.implicit(mlp, rates=0.3),
-    "explicit_implicit": lambda: O.explicit_implicit(mlp, rates=0.3),
-    "targeted_weight": lambda: O.targeted_weight(mlp, gamma=0.5, alpha=0.5),
-    "targeted_unit": lambda: O.targeted_unit(mlp, gamma=0.5, alpha=0.5),
-    "l1": lambda: O.l1(mlp, coef=1e-3),
-    "l2": lambda: O.l2(mlp, coef=1e-3),
+  "none": lambda: O.none(mlp),
+  "dropout": lambda: O.dropout(mlp, rates=0.3),
+  "dropout_locked_gaussian": lambda: O.dropout(
+    mlp, rates=0.3, noise="gaussian"
+  ),
+  "dropout_k": lambda: O.dropout_k(mlp, rates=0.3, k=3),
+  "dropout_k_fix_noise": lambda: O.dropout_k_fix_noise(mlp, rates=0.3, k=3),
+  "dropout_k_implicit": lambda: O.dropout_k_implicit(mlp, rates=0.3, k=3),
+  "explicit": lambda: O.explicit(mlp, rates={"h1": 0.2, "h2": 0.4}),
+  "explicit_gn": lambda: O.explicit(mlp, rates=0.3, estimator="gauss_newton"),
+  "explicit_id": lambda: O.explicit(
+    mlp, rates=0.3, estimator="identity_hessian"
+  ),
+  "explicit_true": lambda: O.explicit(mlp, rates=0.3, estimator="true_label"),
+  "implicit": lambda: O.implicit(mlp, rates=0.3),
+  "explicit_implicit": lambda: O.explicit_implicit(mlp, rates=0.3),
+  "targeted_weight": lambda: O.targeted_weight(mlp, gamma=0.5, alpha=0.5),
+  "targeted_unit": lambda: O.targeted_unit(mlp, gamma=0.5, alpha=0.5),
+  "l1": lambda: O.l1(mlp, coef=1e-3),
+  "l2": lambda: O.l2(mlp, coef=1e-3),
 }
 
 
@@ -91,15 +93,16 @@ REGIMENS = {
 def test_every_objective_jits_and_is_deterministic(name):
   obj = REGIMENS[name]()
   key = jax.random.key(7)
-  loss, aux = obj(PARAMS, BATCH, key)                      # eager
+  loss, aux = obj(PARAMS, BATCH, key)  # eager
   assert set(aux) == {"data_loss", "explicit", "implicit", "penalty"}
   total = aux["data_loss"] + aux["explicit"] + aux["implicit"] + aux["penalty"]
   np.testing.assert_allclose(loss, total, rtol=1e-6)
-  step = jax.jit(jax.value_and_grad(lambda p, k: obj(p, BATCH, k),
-                                    has_aux=True))
+  step = jax.jit(
+    jax.value_and_grad(lambda p, k: obj(p, BATCH, k), has_aux=True)
+  )
   (loss_j, _), g1 = step(PARAMS, key)
   np.testing.assert_allclose(loss_j, loss, rtol=1e-5)
-  (_, _), g2 = step(PARAMS, key)                           # same key
+  (_, _), g2 = step(PARAMS, key)  # same key
   chex.assert_trees_all_equal(g1, g2)
   chex.assert_tree_all_finite(g1)
 
@@ -116,16 +119,22 @@ def test_make_objective_registry_matches_the_functions():
 def test_objectives_vmap_over_rates():
   rates = jnp.array([0.1, 0.3, 0.5])
   key = jax.random.key(9)
-  for make in (lambda q: O.explicit_implicit(mlp, rates=q),
-               lambda q: O.dropout_k(mlp, rates=q, k=2),
-               lambda q: O.explicit(mlp, rates={"h1": q, "h2": q})):
+  for make in (
+    lambda q: O.explicit_implicit(mlp, rates=q),
+    lambda q: O.dropout_k(mlp, rates=q, k=2),
+    lambda q: O.explicit(mlp, rates={"h1": q, "h2": q}),
+  ):
     swept = jax.jit(jax.vmap(lambda q: make(q)(PARAMS, BATCH, key)[0]))(rates)
     single = make(0.3)(PARAMS, BATCH, key)[0]
     np.testing.assert_allclose(swept[1], single, rtol=1e-5)
-  for f in (lambda q: dropjax.explicit_regularizer(
-                mlp, PARAMS, BATCH[0], rates=q, key=key),
-            lambda q: dropjax.implicit_regularizer(
-                mlp, PARAMS, BATCH[0], BATCH[1], rates=q, key=key)):
+  for f in (
+    lambda q: dropjax.explicit_regularizer(
+      mlp, PARAMS, BATCH[0], rates=q, key=key
+    ),
+    lambda q: dropjax.implicit_regularizer(
+      mlp, PARAMS, BATCH[0], BATCH[1], rates=q, key=key
+    ),
+  ):
     swept = jax.vmap(f)(rates)
     np.testing.assert_allclose(swept[1], f(0.3), rtol=1e-5)
 
@@ -135,10 +144,12 @@ def test_analytic_terms_equal_the_standalone_regularizers():
   key = jax.random.key(10)
   _, aux = O.explicit_implicit(mlp, rates=0.3)(PARAMS, BATCH, key)
   k_exp, k_imp = jax.random.split(key)
-  r_exp = dropjax.explicit_regularizer(mlp, PARAMS, BATCH[0], rates=0.3,
-                                       key=k_exp)
-  r_imp = dropjax.implicit_regularizer(mlp, PARAMS, BATCH[0], BATCH[1],
-                                       rates=0.3, key=k_imp)
+  r_exp = dropjax.explicit_regularizer(
+    mlp, PARAMS, BATCH[0], rates=0.3, key=k_exp
+  )
+  r_imp = dropjax.implicit_regularizer(
+    mlp, PARAMS, BATCH[0], BATCH[1], rates=0.3, key=k_imp
+  )
   np.testing.assert_allclose(aux["explicit"], r_exp, rtol=1e-5)
   np.testing.assert_allclose(aux["implicit"], r_imp, rtol=1e-5, atol=1e-7)
 
@@ -156,8 +167,9 @@ def test_unknown_site_names_list_the_models_sites():
   with pytest.raises(KeyError, match=r"h1.*h2"):
     O.dropout(mlp, rates={"hidden": 0.5})(PARAMS, BATCH, jax.random.key(0))
   with pytest.raises(KeyError, match="h1"):
-    dropjax.explicit_regularizer(mlp, PARAMS, BATCH[0], rates={"x": 0.1},
-                                 key=jax.random.key(0))
+    dropjax.explicit_regularizer(
+      mlp, PARAMS, BATCH[0], rates={"x": 0.1}, key=jax.random.key(0)
+    )
 
 
 def test_unknown_estimator_loss_regimen_and_missing_inputs():
@@ -166,8 +178,9 @@ def test_unknown_estimator_loss_regimen_and_missing_inputs():
   with pytest.raises(ValueError, match="softmax_cross_entropy"):
     O.none(mlp, loss="hinge")
   with pytest.raises(ValueError, match="needs the true targets y"):
-    dropjax.explicit_regularizer(mlp, PARAMS, BATCH[0], rates=0.3,
-                                 estimator="true_label")
+    dropjax.explicit_regularizer(
+      mlp, PARAMS, BATCH[0], rates=0.3, estimator="true_label"
+    )
   with pytest.raises(ValueError, match="needs a key"):
     dropjax.explicit_regularizer(mlp, PARAMS, BATCH[0], rates=0.3)
   with pytest.raises(ValueError, match="drop probability"):
@@ -184,13 +197,15 @@ def test_rate_zero_analytic_terms_vanish_and_dropout_is_clean():
   loss, aux = O.explicit_implicit(mlp, rates=0.0)(PARAMS, BATCH, key)
   assert float(aux["explicit"]) == 0.0 and float(aux["implicit"]) == 0.0
   np.testing.assert_allclose(loss, clean, rtol=1e-6)
-  np.testing.assert_allclose(O.dropout(mlp, rates=0.0)(PARAMS, BATCH, key)[0],
-                             clean, rtol=1e-6)
+  np.testing.assert_allclose(
+    O.dropout(mlp, rates=0.0)(PARAMS, BATCH, key)[0], clean, rtol=1e-6
+  )
 
 
 def test_model_without_sites_is_a_clear_error():
   def linear(p, x, sites):
     return x @ p["w1"]
+
   with pytest.raises(ValueError, match="no dropout site"):
     O.explicit(linear, rates=0.3)(PARAMS, BATCH, jax.random.key(0))
 
@@ -199,9 +214,12 @@ def test_has_aux_models_pass_their_aux_through():
   def with_state(p, x, sites):
     out = mlp(p, x, sites)
     return out, {"mean_logit": out.mean()}
-  for obj in (O.none(with_state, has_aux=True),
-              O.dropout_k(with_state, rates=0.3, k=2, has_aux=True),
-              O.explicit_implicit(with_state, rates=0.3, has_aux=True)):
+
+  for obj in (
+    O.none(with_state, has_aux=True),
+    O.dropout_k(with_state, rates=0.3, k=2, has_aux=True),
+    O.explicit_implicit(with_state, rates=0.3, has_aux=True),
+  ):
     _, aux = jax.jit(obj)(PARAMS, BATCH, jax.random.key(0))
     assert aux["model_aux"]["mean_logit"].shape == ()
 
@@ -221,7 +239,7 @@ def test_targeted_dropout_leaves_the_logits_layer_alone():
   def spy(p, x, sites):
     seen.update({k: v for k, v in p.items()})
     return mlp(p, x, sites)
-  O.targeted_weight(spy, gamma=0.9, alpha=1.0)(PARAMS, BATCH,
-                                               jax.random.key(0))
+
+  O.targeted_weight(spy, gamma=0.9, alpha=1.0)(PARAMS, BATCH, jax.random.key(0))
   np.testing.assert_array_equal(seen["w3"], PARAMS["w3"])
   assert float((seen["w1"] == 0).mean()) > 0.3

@@ -69,8 +69,9 @@ def test_kth_smallest_signed_special_values_and_axes(dtype):
     for k in range(n):
       got = f(a, k)
       assert got.dtype == a.dtype
-      np.testing.assert_array_equal(np.asarray(got).astype(np.float64),
-                                    np.take(srt, [k], axis=axis))
+      np.testing.assert_array_equal(
+        np.asarray(got).astype(np.float64), np.take(srt, [k], axis=axis)
+      )
     # Out of range: as if padded with -inf / +inf.
     assert np.all(np.asarray(f(a, n)) == np.inf)
     assert np.all(np.asarray(f(a, -1)) == -np.inf)
@@ -83,8 +84,9 @@ def test_kth_smallest_per_column_k_vmap_keepdims_and_other_dtypes():
   ks = np.array([0, 5, 29, 30])
   got = np.asarray(kth_smallest(a, ks, axis=0, keepdims=False))
   assert got.shape == (4,)
-  np.testing.assert_array_equal(got[:3], [srt[k, j]
-                                          for j, k in enumerate(ks[:3])])
+  np.testing.assert_array_equal(
+    got[:3], [srt[k, j] for j, k in enumerate(ks[:3])]
+  )
   assert got[3] == np.inf
   out = jax.vmap(lambda k: kth_smallest(a, k, axis=0))(jnp.arange(5))
   np.testing.assert_array_equal(np.asarray(out)[:, 0], srt[:5])
@@ -94,8 +96,9 @@ def test_kth_smallest_per_column_k_vmap_keepdims_and_other_dtypes():
   # Integers and bools go through sort, with the dtype's extremes outside.
   ints = rng.integers(-5, 5, size=(11, 3)).astype(np.int32)
   for k in range(11):
-    np.testing.assert_array_equal(np.asarray(kth_smallest(ints, k))[0],
-                                  np.sort(ints, axis=0)[k])
+    np.testing.assert_array_equal(
+      np.asarray(kth_smallest(ints, k))[0], np.sort(ints, axis=0)[k]
+    )
   assert np.all(np.asarray(kth_smallest(ints, 11)) == np.iinfo(np.int32).max)
   assert np.all(np.asarray(kth_smallest(ints > 0, -1)) == False)  # noqa: E712
   # Constant under differentiation.
@@ -125,8 +128,9 @@ def _sort_lowest_fraction(scores, gamma, axis):
 def _sort_targeted_weight_dropout(key, w, *, gamma, alpha):
   cols = jax.lax.stop_gradient(jnp.abs(w.reshape(-1, w.shape[-1])))
   cand = _sort_lowest_fraction(cols, gamma, axis=0).reshape(w.shape)
-  drop = cand & jax.random.bernoulli(key, jnp.asarray(alpha, jnp.float32),
-                                     w.shape)
+  drop = cand & jax.random.bernoulli(
+    key, jnp.asarray(alpha, jnp.float32), w.shape
+  )
   return jnp.where(drop, jnp.zeros((), w.dtype), w)
 
 
@@ -154,10 +158,16 @@ def _sort_layer_keep_tfmot(w, sparsity):
 
 
 def _params(rng):
-  return {"hidden_0": {"kernel": _tied_array(rng, (50, 16)),
-                       "bias": rng.normal(size=16).astype(np.float32)},
-          "output": {"kernel": _tied_array(rng, (16, 3)),
-                     "bias": np.zeros(3, np.float32)}}
+  return {
+    "hidden_0": {
+      "kernel": _tied_array(rng, (50, 16)),
+      "bias": rng.normal(size=16).astype(np.float32),
+    },
+    "output": {
+      "kernel": _tied_array(rng, (16, 3)),
+      "bias": np.zeros(3, np.float32),
+    },
+  }
 
 
 def test_layerwise_masks_match_sort():
@@ -168,13 +178,15 @@ def test_layerwise_masks_match_sort():
       assert got["hidden_0"]["bias"] is None
       for layer in ("hidden_0", "output"):
         np.testing.assert_array_equal(
-            np.asarray(got[layer]["kernel"]),
-            np.asarray(_sort_layer_keep_tfmot(params[layer]["kernel"], s)))
+          np.asarray(got[layer]["kernel"]),
+          np.asarray(_sort_layer_keep_tfmot(params[layer]["kernel"], s)),
+        )
   got = an.layerwise_magnitude_masks(params, 0.8, exclude=(0,))
   assert bool(np.all(got["hidden_0"]["kernel"]))
   np.testing.assert_array_equal(
-      np.asarray(got["output"]["kernel"]),
-      np.asarray(_sort_layer_keep_tfmot(params["output"]["kernel"], 0.8)))
+    np.asarray(got["output"]["kernel"]),
+    np.asarray(_sort_layer_keep_tfmot(params["output"]["kernel"], 0.8)),
+  )
 
 
 def test_magnitude_prune_weight_and_global_match_sort():
@@ -185,21 +197,23 @@ def test_magnitude_prune_weight_and_global_match_sort():
   for f in (0.0, 0.3, 0.5, 0.77, 1.0):
     _, masks = an.magnitude_prune(params, f, exclude=())
     _, jmasks = jf(params, f, exclude=())
-    for w, m, jm in zip(ws, (masks["hidden_0"]["kernel"],
-                             masks["output"]["kernel"]),
-                        (jmasks["hidden_0"]["kernel"],
-                         jmasks["output"]["kernel"])):
+    for w, m, jm in zip(
+      ws,
+      (masks["hidden_0"]["kernel"], masks["output"]["kernel"]),
+      (jmasks["hidden_0"]["kernel"], jmasks["output"]["kernel"]),
+    ):
       a = jnp.abs(jnp.asarray(w))
       t = _sort_kth_smallest_or_inf(a, an.prune_count(f, a.shape[0]), 0)
       np.testing.assert_array_equal(np.asarray(m), np.asarray(a >= t))
       np.testing.assert_array_equal(np.asarray(jm), np.asarray(a >= t))
-    _, masks = an.magnitude_prune(params, f, granularity="global",
-                                  exclude=())
+    _, masks = an.magnitude_prune(params, f, granularity="global", exclude=())
     t = _sort_kth_smallest_or_inf(flat, an.prune_count(f, flat.size), 0)[0]
-    for w, m in zip(ws, (masks["hidden_0"]["kernel"],
-                         masks["output"]["kernel"])):
-      np.testing.assert_array_equal(np.asarray(m),
-                                    np.asarray(jnp.abs(jnp.asarray(w)) >= t))
+    for w, m in zip(
+      ws, (masks["hidden_0"]["kernel"], masks["output"]["kernel"])
+    ):
+      np.testing.assert_array_equal(
+        np.asarray(m), np.asarray(jnp.abs(jnp.asarray(w)) >= t)
+      )
 
 
 def test_targeted_dropout_matches_sort():
@@ -211,19 +225,21 @@ def test_targeted_dropout_matches_sort():
     for i in range(3):
       key = jax.random.key(i)
       np.testing.assert_array_equal(
-          np.asarray(lib_fn(key, w, gamma=gamma, alpha=alpha)),
-          np.asarray(ref_fn(key, w, gamma=gamma, alpha=alpha)))
+        np.asarray(lib_fn(key, w, gamma=gamma, alpha=alpha)),
+        np.asarray(ref_fn(key, w, gamma=gamma, alpha=alpha)),
+      )
     np.testing.assert_array_equal(
-        np.asarray(dropjax.targeted_unit_candidates(w, gamma)),
-        np.asarray(_sort_unit_candidates(w, gamma)))
+      np.asarray(dropjax.targeted_unit_candidates(w, gamma)),
+      np.asarray(_sort_unit_candidates(w, gamma)),
+    )
   # Ties in the column norms too.
   wt = jnp.asarray(np.repeat(_tied_array(rng, (6, 3)), 3, axis=1))
   for gamma in (0.2, 0.5, 0.9):
     np.testing.assert_array_equal(
-        np.asarray(dropjax.targeted_unit_candidates(wt, gamma)),
-        np.asarray(_sort_unit_candidates(wt, gamma)))
-  apply, params, _ = models.make_model("mlp", key=0,
-                                       layer_sizes=(12, 9, 9, 3))
+      np.asarray(dropjax.targeted_unit_candidates(wt, gamma)),
+      np.asarray(_sort_unit_candidates(wt, gamma)),
+    )
+  apply, params, _ = models.make_model("mlp", key=0, layer_sizes=(12, 9, 9, 3))
   x = jnp.asarray(rng.normal(size=(16, 12)).astype(np.float32))
   y = jnp.asarray(rng.integers(0, 3, 16).astype(np.int32))
   lib = objectives.targeted_weight(apply, gamma=0.75, alpha=0.66)
@@ -231,9 +247,12 @@ def test_targeted_dropout_matches_sort():
   def ref(params, batch, key):
     sel = objectives.hidden_kernels(params)
     thinned = objectives.map_selected(
-        lambda w, i: _sort_targeted_weight_dropout(
-            jax.random.fold_in(key, i), w, gamma=0.75, alpha=0.66),
-        params, sel)
+      lambda w, i: _sort_targeted_weight_dropout(
+        jax.random.fold_in(key, i), w, gamma=0.75, alpha=0.66
+      ),
+      params,
+      sel,
+    )
     out = apply(thinned, batch[0], djsites.identity_sites)
     return djlosses.mean_loss("softmax_cross_entropy", out, batch[1])
 

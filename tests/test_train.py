@@ -22,16 +22,22 @@ from dropjax import train
 
 SIZES = (16, 32, 32, 4)
 N = 256
-COMMON = dict(steps=40, batch_size=32, chunk_size=10, eval_every=2,
-              eval_batch_size=64, progress=False, run_name="dropout")
+COMMON = dict(
+  steps=40,
+  batch_size=32,
+  chunk_size=10,
+  eval_every=2,
+  eval_batch_size=64,
+  progress=False,
+  run_name="dropout",
+)
 # 256 / 32 = 8 steps per epoch: the 10-step chunks straddle epoch boundaries.
 
 
 def _data(seed):
   """A learnable toy problem: labels are the argmax of a fixed linear map."""
   w = np.random.default_rng(123).normal(size=(SIZES[0], SIZES[-1]))
-  x = np.random.default_rng(seed).normal(size=(N, SIZES[0])).astype(
-      np.float32)
+  x = np.random.default_rng(seed).normal(size=(N, SIZES[0])).astype(np.float32)
   y = np.argmax(x @ w, -1).astype(np.int32)
   return x, y
 
@@ -43,10 +49,17 @@ def setup():
   apply, _, rates = models.make_model("mlp", key=0, layer_sizes=SIZES)
   init = models.make_init("mlp", layer_sizes=SIZES)
   return types.SimpleNamespace(
-      x=x, y=y, xv=xv, yv=yv, apply=apply, rates=rates, init=init,
-      obj=objectives.dropout(apply, rates=rates),
-      opt=train.make_optimizer("adam", 1e-2),
-      params2=train.init_seeds(init, (0, 1)))
+    x=x,
+    y=y,
+    xv=xv,
+    yv=yv,
+    apply=apply,
+    rates=rates,
+    init=init,
+    obj=objectives.dropout(apply, rates=rates),
+    opt=train.make_optimizer("adam", 1e-2),
+    params2=train.init_seeds(init, (0, 1)),
+  )
 
 
 def run(s, run_dir, **kwargs):
@@ -54,8 +67,16 @@ def run(s, run_dir, **kwargs):
   kw.update(kwargs)
   init = kw.pop("init", s.params2)
   data = kw.pop("data", (s.x, s.y))
-  return train.train(s.apply, kw.pop("objective", s.obj), s.opt, init, data,
-                     eval_data={"val": (s.xv, s.yv)}, run_dir=run_dir, **kw)
+  return train.train(
+    s.apply,
+    kw.pop("objective", s.obj),
+    s.opt,
+    init,
+    data,
+    eval_data={"val": (s.xv, s.yv)},
+    run_dir=run_dir,
+    **kw,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +86,7 @@ def base(setup, tmp_path_factory):
 
 def _strip(history):
   """Records without the wall-clock field."""
-  return [{k: v for k, v in r.items() if k != "train_seconds"}
-          for r in history]
+  return [{k: v for k, v in r.items() if k != "train_seconds"} for r in history]
 
 
 def _assert_trees(a, b, rtol=0.0, atol=0.0):
@@ -75,8 +95,9 @@ def _assert_trees(a, b, rtol=0.0, atol=0.0):
     if rtol == 0 and atol == 0:
       np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
     else:
-      np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol,
-                                 atol=atol)
+      np.testing.assert_allclose(
+        np.asarray(u), np.asarray(v), rtol=rtol, atol=atol
+      )
 
 
 def _history_values(history, seed_index):
@@ -94,8 +115,9 @@ def _history_values(history, seed_index):
 def _no_temp_files(directory):
   for root, dirs, files in os.walk(directory):
     for f in files + dirs:
-      assert not f.endswith(".tmp") and "tmp" not in f.split("."), (
-          os.path.join(root, f))
+      assert not f.endswith(".tmp") and "tmp" not in f.split("."), os.path.join(
+        root, f
+      )
 
 
 # ------------------------------------------------------------ optimizer
@@ -113,26 +135,40 @@ def _updates(tx, params, grads_seq):
 
 def test_make_optimizer_matches_optax():
   params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
-  grads = [jax.tree.map(lambda p, i=i: (i + 1.0) * jnp.cos(p * (i + 2)),
-                        params) for i in range(3)]
+  grads = [
+    jax.tree.map(lambda p, i=i: (i + 1.0) * jnp.cos(p * (i + 2)), params)
+    for i in range(3)
+  ]
   mask = lambda p: jax.tree.map(lambda a: a.ndim >= 2, p)
   cases = [
-      (train.make_optimizer("adam", 0.1), optax.adam(0.1)),
-      (train.make_optimizer("adam", 0.1, weight_decay=0.5),
-       optax.adamw(0.1, weight_decay=0.5, mask=mask)),
-      (train.make_optimizer("sgd", 0.1, momentum=0.9),
-       optax.sgd(0.1, momentum=0.9)),
-      (train.make_optimizer("sgd", 0.1, momentum=0.0), optax.sgd(0.1)),
-      (train.make_optimizer("adam", 0.1, clip_norm=0.5),
-       optax.chain(optax.clip_by_global_norm(0.5), optax.adam(0.1))),
+    (train.make_optimizer("adam", 0.1), optax.adam(0.1)),
+    (
+      train.make_optimizer("adam", 0.1, weight_decay=0.5),
+      optax.adamw(0.1, weight_decay=0.5, mask=mask),
+    ),
+    (
+      train.make_optimizer("sgd", 0.1, momentum=0.9),
+      optax.sgd(0.1, momentum=0.9),
+    ),
+    (train.make_optimizer("sgd", 0.1, momentum=0.0), optax.sgd(0.1)),
+    (
+      train.make_optimizer("adam", 0.1, clip_norm=0.5),
+      optax.chain(optax.clip_by_global_norm(0.5), optax.adam(0.1)),
+    ),
   ]
   for ours, ref in cases:
-    _assert_trees(_updates(ours, params, grads), _updates(ref, params, grads),
-                  rtol=1e-6, atol=1e-7)
+    _assert_trees(
+      _updates(ours, params, grads),
+      _updates(ref, params, grads),
+      rtol=1e-6,
+      atol=1e-7,
+    )
   # Decay reaches kernels only.
-  wd = _updates(train.make_optimizer("sgd", 0.1, momentum=0.0,
-                                     weight_decay=1.0), params,
-                [jax.tree.map(jnp.zeros_like, params)])[0]
+  wd = _updates(
+    train.make_optimizer("sgd", 0.1, momentum=0.0, weight_decay=1.0),
+    params,
+    [jax.tree.map(jnp.zeros_like, params)],
+  )[0]
   np.testing.assert_allclose(wd["dense"]["kernel"], 0.9)
   np.testing.assert_allclose(wd["dense"]["bias"], 1.0)
   with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
@@ -162,8 +198,14 @@ def test_loss_decreases_and_records(base):
     assert last["accuracy"][j] > first["accuracy"][j] + 0.2
     assert last["accuracy"][j] > 0.6  # 4 classes: chance is 0.25
   train_means = base.history[-1]["train"]
-  assert set(train_means) == {"loss", "data_loss", "explicit", "implicit",
-                              "penalty", "grad_norm"}
+  assert set(train_means) == {
+    "loss",
+    "data_loss",
+    "explicit",
+    "implicit",
+    "penalty",
+    "grad_norm",
+  }
   assert train_means["explicit"] == [0.0, 0.0]
   assert base.history[1]["train"]["loss"][0] > train_means["loss"][0]
   assert int(base.state.step[0]) == 40
@@ -177,8 +219,11 @@ def test_run_files(base):
   with open(os.path.join(d, train.SUMMARY_FILE)) as f:
     summary = json.load(f)
   assert summary["final"] == lines[-1] and summary["seeds"] == [0, 1]
-  ckpts = sorted(int(p) for p in os.listdir(os.path.join(
-      d, train.CHECKPOINT_DIR)) if p.isdigit())
+  ckpts = sorted(
+    int(p)
+    for p in os.listdir(os.path.join(d, train.CHECKPOINT_DIR))
+    if p.isdigit()
+  )
   assert ckpts == [30, 40]  # keep_checkpoints=2
   assert not os.path.exists(os.path.join(d, train.FAILURE_FILE))
   _no_temp_files(d)
@@ -198,17 +243,24 @@ def test_seeds_vmap_equals_separate_runs(setup, base):
   order can change the last bits (observed: <= ~1e-7 absolute after 40
   steps).
   """
-  alone = run(setup, None, seeds=(1,),
-              init=jax.tree.map(lambda a: a[1:], setup.params2))
-  _assert_trees(jax.tree.map(lambda a: a[0], alone.state),
-                jax.tree.map(lambda a: a[1], base.state),
-                rtol=1e-5, atol=1e-6)
-  got, want = _history_values(alone.history, 0), _history_values(
-      base.history, 1)
+  alone = run(
+    setup, None, seeds=(1,), init=jax.tree.map(lambda a: a[1:], setup.params2)
+  )
+  _assert_trees(
+    jax.tree.map(lambda a: a[0], alone.state),
+    jax.tree.map(lambda a: a[1], base.state),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  got, want = (
+    _history_values(alone.history, 0),
+    _history_values(base.history, 1),
+  )
   assert got.keys() == want.keys()
   for k in want:
-    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6,
-                               err_msg=str(k))
+    np.testing.assert_allclose(
+      got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=str(k)
+    )
 
 
 def test_sharded_equals_unsharded(setup, base):
@@ -225,11 +277,14 @@ def test_sharded_equals_unsharded(setup, base):
   assert jax.device_count() >= 4
   sharded = run(setup, None, devices=4)
   _assert_trees(sharded.state, base.state, rtol=1e-5, atol=1e-6)
-  got, want = _history_values(sharded.history, 0), _history_values(
-      base.history, 0)
+  got, want = (
+    _history_values(sharded.history, 0),
+    _history_values(base.history, 0),
+  )
   for k in want:
-    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6,
-                               err_msg=str(k))
+    np.testing.assert_allclose(
+      got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=str(k)
+    )
 
 
 class _Killed(Exception):
@@ -237,9 +292,9 @@ class _Killed(Exception):
 
 
 @pytest.mark.parametrize("checkpoint_every,kill_at_chunk", [(1, 2), (2, 3)])
-def test_resume_after_kill_matches_uninterrupted(setup, base, tmp_path,
-                                                 checkpoint_every,
-                                                 kill_at_chunk):
+def test_resume_after_kill_matches_uninterrupted(
+  setup, base, tmp_path, checkpoint_every, kill_at_chunk
+):
   """Stop after ``kill_at_chunk`` chunks, construct anew, resume, finish."""
   d = str(tmp_path)
 
@@ -250,16 +305,18 @@ def test_resume_after_kill_matches_uninterrupted(setup, base, tmp_path,
   with pytest.raises(_Killed):
     run(setup, d, checkpoint_every=checkpoint_every, callback=kill)
   saved = (kill_at_chunk // checkpoint_every) * checkpoint_every * 10
-  written = [r["step"] for r in train.read_jsonl(
-      os.path.join(d, train.METRICS_FILE))]
+  written = [
+    r["step"] for r in train.read_jsonl(os.path.join(d, train.METRICS_FILE))
+  ]
   assert written == [s for s in (0, 20, 40) if s <= kill_at_chunk * 10]
 
   resumed = run(setup, d, checkpoint_every=checkpoint_every)
   assert resumed.resumed_from == saved
   _assert_trees(resumed.state, base.state)
   assert _strip(resumed.history) == _strip(base.history)
-  assert train.read_jsonl(os.path.join(d, train.METRICS_FILE)) == \
-      json.loads(json.dumps(resumed.history))
+  assert train.read_jsonl(os.path.join(d, train.METRICS_FILE)) == json.loads(
+    json.dumps(resumed.history)
+  )
   # A finished run "resumed" again trains nothing and changes nothing.
   again = run(setup, d, checkpoint_every=checkpoint_every)
   assert again.resumed_from == 40
@@ -288,8 +345,9 @@ def _first_use(seed, index, n, batch):
   raise AssertionError("never used")
 
 
-def test_nonfinite_loss_stops_the_run_with_regimen_seed_and_step(setup,
-                                                                 tmp_path):
+def test_nonfinite_loss_stops_the_run_with_regimen_seed_and_step(
+  setup, tmp_path
+):
   # Poison one training example whose first use (for the earlier seed) lies
   # in the third chunk; predicting the step also checks the documented data
   # order. 2048 examples: 64 steps per epoch, so first uses spread over
@@ -320,12 +378,19 @@ def test_nonfinite_loss_stops_the_run_with_regimen_seed_and_step(setup,
   # Earlier results survive: records and checkpoints up to the last good
   # chunk, and a failure report.
   records = train.read_jsonl(os.path.join(d, train.METRICS_FILE))
-  assert [r["step"] for r in records] == [0, 10, 20][:chunk + 1]
+  assert [r["step"] for r in records] == [0, 10, 20][: chunk + 1]
   assert records == json.loads(json.dumps(err.history))
-  assert all(np.isfinite(v).all() for r in records
-             for ev in r["eval"].values() for v in ev.values())
-  ckpts = sorted(int(p) for p in os.listdir(os.path.join(
-      d, train.CHECKPOINT_DIR)) if p.isdigit())
+  assert all(
+    np.isfinite(v).all()
+    for r in records
+    for ev in r["eval"].values()
+    for v in ev.values()
+  )
+  ckpts = sorted(
+    int(p)
+    for p in os.listdir(os.path.join(d, train.CHECKPOINT_DIR))
+    if p.isdigit()
+  )
   assert ckpts[-1] == chunk * 10
   with open(os.path.join(d, train.FAILURE_FILE)) as f:
     failure = json.load(f)
@@ -340,8 +405,15 @@ def test_nonfinite_loss_stops_the_run_with_regimen_seed_and_step(setup,
 def test_explicit_implicit_with_preprocess(setup):
   obj = objectives.explicit_implicit(setup.apply, rates=setup.rates)
   to_f32 = lambda x, y: (x.astype(jnp.float32), y)
-  res = run(setup, None, objective=obj, steps=10, eval_at_start=False,
-            data=(setup.x.astype(np.float16), setup.y), preprocess=to_f32)
+  res = run(
+    setup,
+    None,
+    objective=obj,
+    steps=10,
+    eval_at_start=False,
+    data=(setup.x.astype(np.float16), setup.y),
+    preprocess=to_f32,
+  )
   means = res.history[-1]["train"]
   assert all(np.isfinite(v).all() for v in means.values())
   assert min(means["explicit"]) > 0
@@ -361,25 +433,38 @@ def test_argument_errors(setup):
 
 def test_evaluate_single_and_stacked(setup, base):
   one = jax.tree.map(lambda a: a[0], base.state.params)
-  single = train.evaluate(setup.apply, one, setup.xv, setup.yv,
-                          batch_size=100)  # 256 = 2 x 100 + padding
-  stacked = train.evaluate(setup.apply, base.state.params, setup.xv,
-                           setup.yv, batch_size=64, stacked=True)
+  single = train.evaluate(
+    setup.apply, one, setup.xv, setup.yv, batch_size=100
+  )  # 256 = 2 x 100 + padding
+  stacked = train.evaluate(
+    setup.apply,
+    base.state.params,
+    setup.xv,
+    setup.yv,
+    batch_size=64,
+    stacked=True,
+  )
   np.testing.assert_allclose(single["loss"], stacked["loss"][0], rtol=1e-5)
   np.testing.assert_allclose(single["accuracy"], stacked["accuracy"][0])
-  np.testing.assert_allclose(stacked["accuracy"],
-                             base.history[-1]["eval"]["val"]["accuracy"])
+  np.testing.assert_allclose(
+    stacked["accuracy"], base.history[-1]["eval"]["val"]["accuracy"]
+  )
   logits = setup.apply(one, setup.xv, lambda n, h: h)
-  np.testing.assert_allclose(single["accuracy"],
-                             np.mean(np.argmax(logits, -1) == setup.yv))
+  np.testing.assert_allclose(
+    single["accuracy"], np.mean(np.argmax(logits, -1) == setup.yv)
+  )
 
 
 def test_write_json_atomic(tmp_path, monkeypatch):
   path = tmp_path / "sub" / "result.json"
-  train.write_json_atomic(str(path), {"a": np.arange(3), "b": np.float32(1.5),
-                                      "c": jnp.ones(2)})
-  assert json.loads(path.read_text()) == {"a": [0, 1, 2], "b": 1.5,
-                                          "c": [1.0, 1.0]}
+  train.write_json_atomic(
+    str(path), {"a": np.arange(3), "b": np.float32(1.5), "c": jnp.ones(2)}
+  )
+  assert json.loads(path.read_text()) == {
+    "a": [0, 1, 2],
+    "b": 1.5,
+    "c": [1.0, 1.0],
+  }
   with pytest.raises(TypeError):
     train.write_json_atomic(str(path), {"bad": object()})
   assert json.loads(path.read_text())["a"] == [0, 1, 2]  # untouched
@@ -406,7 +491,8 @@ def _poisoned_init(s):
 
 
 def test_drop_seed_records_the_failed_seed_and_the_other_goes_on(
-    setup, base, tmp_path, capsys):
+  setup, base, tmp_path, capsys
+):
   d = str(tmp_path)
   res = run(setup, d, init=_poisoned_init(setup), on_nan="drop_seed")
   assert set(res.failures) == {1}
@@ -422,8 +508,9 @@ def test_drop_seed_records_the_failed_seed_and_the_other_goes_on(
   # seed 1's metrics are NaN from then on.
   assert res.history[-1]["step"] == COMMON["steps"]
   np.testing.assert_array_equal(
-      np.asarray(res.state.params["output"]["kernel"][0]),
-      np.asarray(base.state.params["output"]["kernel"][0]))
+    np.asarray(res.state.params["output"]["kernel"][0]),
+    np.asarray(base.state.params["output"]["kernel"][0]),
+  )
   last = res.history[-1]
   assert np.isfinite(last["eval"]["val"]["loss"][0])
   assert np.isnan(last["eval"]["val"]["loss"][1])
@@ -447,8 +534,9 @@ def test_keep_best_keeps_each_seeds_best_evaluation(setup, tmp_path):
     assert res.best_step[s] == step
     assert res.best_value[s] == pytest.approx(losses[step])
     best_one = jax.tree.map(lambda a: a[j], res.best_params)
-    ev = train.evaluate(setup.apply, best_one, setup.xv, setup.yv,
-                        batch_size=64)
+    ev = train.evaluate(
+      setup.apply, best_one, setup.xv, setup.yv, batch_size=64
+    )
     np.testing.assert_allclose(float(ev["loss"]), losses[step], rtol=1e-5)
   # Accuracy is maximised.
   acc = run(setup, None, keep_best=train.Best("val", "accuracy"))
@@ -471,10 +559,20 @@ def test_keep_best_keeps_each_seeds_best_evaluation(setup, tmp_path):
 
 def test_keep_best_needs_evaluation(setup):
   with pytest.raises(ValueError, match="keep_best needs evaluation"):
-    train.train(setup.apply, setup.obj, setup.opt, setup.params2,
-                (setup.x, setup.y), steps=10, batch_size=32, seeds=(0, 1),
-                chunk_size=10, keep_best=("val", "loss"), devices=1,
-                progress=False)
+    train.train(
+      setup.apply,
+      setup.obj,
+      setup.opt,
+      setup.params2,
+      (setup.x, setup.y),
+      steps=10,
+      batch_size=32,
+      seeds=(0, 1),
+      chunk_size=10,
+      keep_best=("val", "loss"),
+      devices=1,
+      progress=False,
+    )
 
 
 # ------------------------------------------------------------------ hooks
@@ -488,21 +586,34 @@ def test_hook_runs_inside_the_scan_before_each_update(setup):
   def hook(state, t):
     jax.debug.callback(lambda v: seen.append(int(v)), t)
     p = state.params
-    bias = jnp.where(t % 2 == 0, jnp.zeros_like(p["output"]["bias"]),
-                     p["output"]["bias"])
-    return state._replace(params={**p, "output": {**p["output"],
-                                                  "bias": bias}})
+    bias = jnp.where(
+      t % 2 == 0, jnp.zeros_like(p["output"]["bias"]), p["output"]["bias"]
+    )
+    return state._replace(params={**p, "output": {**p["output"], "bias": bias}})
 
   sgd = train.make_optimizer("sgd", 0.0, momentum=0.0)  # lr 0: no updates
-  res = train.train(setup.apply, setup.obj, sgd, setup.params2,
-                    (setup.x, setup.y), steps=6, batch_size=32, seeds=(0, 1),
-                    chunk_size=3, hook=hook, devices=1, progress=False)
+  res = train.train(
+    setup.apply,
+    setup.obj,
+    sgd,
+    setup.params2,
+    (setup.x, setup.y),
+    steps=6,
+    batch_size=32,
+    seeds=(0, 1),
+    chunk_size=3,
+    hook=hook,
+    devices=1,
+    progress=False,
+  )
   assert seen == [0, 1, 2, 3, 4, 5]  # t is not batched over the seeds
-  np.testing.assert_array_equal(np.asarray(res.state.params["output"]["bias"]),
-                                0.0)
   np.testing.assert_array_equal(
-      np.asarray(res.state.params["output"]["kernel"]),
-      np.asarray(setup.params2["output"]["kernel"]))
+    np.asarray(res.state.params["output"]["bias"]), 0.0
+  )
+  np.testing.assert_array_equal(
+    np.asarray(res.state.params["output"]["kernel"]),
+    np.asarray(setup.params2["output"]["kernel"]),
+  )
 
 
 # ------------------------------------------------------------- writers
@@ -518,13 +629,14 @@ def test_tensorboard_writer_gets_every_record(setup, tmp_path):
   # The event file holds one scalar per (record, metric, seed).
   from tensorboardX.proto import event_pb2
   import struct
+
   tags = set()
   with open(os.path.join(tb, events[0]), "rb") as f:
     data = f.read()
   pos = 0
   while pos < len(data):
-    (length,) = struct.unpack("<Q", data[pos:pos + 8])
-    ev = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+    (length,) = struct.unpack("<Q", data[pos : pos + 8])
+    ev = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
     pos += 12 + length + 4
     for v in ev.summary.value:
       tags.add((v.tag, ev.step))
@@ -559,6 +671,7 @@ def test_metric_writers_receive_records(setup):
 
 def test_compile_cache_is_bounded_and_clearable(setup):
   from dropjax.train import cache
+
   calls = []
 
   @cache.cached
@@ -570,9 +683,9 @@ def test_compile_cache_is_bounded_and_clearable(setup):
     factory(i)
   assert factory.cache_info().currsize == cache.MAX_ENTRIES
   factory(cache.MAX_ENTRIES + 4)  # recent: cached
-  factory(0)                      # evicted: rebuilt
+  factory(0)  # evicted: rebuilt
   assert calls.count(cache.MAX_ENTRIES + 4) == 1 and calls.count(0) == 2
-  factory([1])                    # unhashable: built, not cached
+  factory([1])  # unhashable: built, not cached
   train.clear_compile_cache()
   assert factory.cache_info().currsize == 0
 
@@ -583,15 +696,17 @@ def test_compile_cache_is_bounded_and_clearable(setup):
 def _lm_toy(b=4):
   from dropjax.data import text
   from dropjax.models import lstm
+
   apply, _, spec, model = lstm.make_lm(5, embed_dim=3, hidden_size=4)
   init = lstm.make_lm_init(5, embed_dim=3, hidden_size=4)
-  stream = np.random.default_rng(0).integers(0, 5, size=b * 13).astype(
-      np.int32)
+  stream = np.random.default_rng(0).integers(0, 5, size=b * 13).astype(np.int32)
   x, y = text.bptt_batches(text.batchify(stream, b), 4)
-  obj = objectives.dropout(apply, rates=spec.rates,
-                           broadcast_axes=spec.broadcast_axes, has_aux=True)
-  ev = train.StreamEvaluator(apply, {"curve": train.make_eval_set(stream, 2, 3)},
-                             model.initial_carry)
+  obj = objectives.dropout(
+    apply, rates=spec.rates, broadcast_axes=spec.broadcast_axes, has_aux=True
+  )
+  ev = train.StreamEvaluator(
+    apply, {"curve": train.make_eval_set(stream, 2, 3)}, model.initial_carry
+  )
   return apply, init, model, x, y, obj, ev
 
 
@@ -601,15 +716,37 @@ def test_bptt_stream_sharded_equals_unsharded():
   assert jax.device_count() >= 4
   apply, init, model, x, y, obj, ev = _lm_toy()
   opt = train.make_optimizer("adam", 1e-2, clip_norm=1.0)
-  runs = [train.train(apply, obj, opt, init,
-                      train.bptt_stream(x, y, model.initial_carry), steps=6,
-                      seeds=(0, 1), chunk_size=3, eval_data=ev,
-                      devices=n, progress=False) for n in (1, 4)]
+  runs = [
+    train.train(
+      apply,
+      obj,
+      opt,
+      init,
+      train.bptt_stream(x, y, model.initial_carry),
+      steps=6,
+      seeds=(0, 1),
+      chunk_size=3,
+      eval_data=ev,
+      devices=n,
+      progress=False,
+    )
+    for n in (1, 4)
+  ]
   _assert_trees(runs[1].state, runs[0].state, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(runs[1].history[-1]["eval"]["curve"]["bpc"],
-                             runs[0].history[-1]["eval"]["curve"]["bpc"],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    runs[1].history[-1]["eval"]["curve"]["bpc"],
+    runs[0].history[-1]["eval"]["curve"]["bpc"],
+    rtol=1e-5,
+  )
   with pytest.raises(ValueError, match="streams .* divisible"):
-    train.train(apply, obj, opt, init,
-                train.bptt_stream(x[:, :3], y[:, :3], model.initial_carry),
-                steps=2, chunk_size=1, devices=4, progress=False)
+    train.train(
+      apply,
+      obj,
+      opt,
+      init,
+      train.bptt_stream(x[:, :3], y[:, :3], model.initial_carry),
+      steps=2,
+      chunk_size=1,
+      devices=4,
+      progress=False,
+    )

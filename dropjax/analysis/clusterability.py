@@ -61,22 +61,25 @@ def as_weight_list(weights) -> list[np.ndarray]:
       weight graphs are implemented), or consecutive shapes do not chain
       (``W_l.shape[1] != W_{l+1}.shape[0]``).
   """
-  leaves = [leaf for leaf in jax.tree_util.tree_leaves(weights)
-            if is_kernel(leaf)]
+  leaves = [
+    leaf for leaf in jax.tree_util.tree_leaves(weights) if is_kernel(leaf)
+  ]
   if not leaves:
     raise ValueError("no 2-D weight matrices found.")
   out = []
   for i, w in enumerate(leaves):
     if w.ndim != 2:
       raise ValueError(
-          f"kernel {i} has shape {tuple(w.shape)}; the weight graph is only "
-          "defined here for dense (2-D) kernels.")
+        f"kernel {i} has shape {tuple(w.shape)}; the weight graph is only "
+        "defined here for dense (2-D) kernels."
+      )
     out.append(np.asarray(w, dtype=np.float64))
   for i in range(len(out) - 1):
     if out[i].shape[1] != out[i + 1].shape[0]:
       raise ValueError(
-          f"kernel {i} has shape {out[i].shape} but kernel {i + 1} has shape "
-          f"{out[i + 1].shape}: consecutive layers must chain.")
+        f"kernel {i} has shape {out[i].shape} but kernel {i + 1} has shape "
+        f"{out[i + 1].shape}: consecutive layers must chain."
+      )
   return out
 
 
@@ -88,16 +91,19 @@ def _seed_sequence(key) -> np.random.SeedSequence:
   if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
     return np.random.SeedSequence(int(key))
   arr = key
-  if hasattr(arr, "dtype") and jax.dtypes.issubdtype(arr.dtype,
-                                                     jax.dtypes.prng_key):
+  if hasattr(arr, "dtype") and jax.dtypes.issubdtype(
+    arr.dtype, jax.dtypes.prng_key
+  ):
     arr = jax.random.key_data(arr)
   data = np.asarray(arr)
   if data.dtype.kind not in "ui" or data.size == 0:
     raise TypeError(
-        "key must be a jax.random.key, a raw uint32 key array, an int seed, "
-        f"a numpy SeedSequence or Generator; got {type(key).__name__}.")
-  return np.random.SeedSequence([int(x) for x in
-                                 data.astype(np.uint64).ravel()])
+      "key must be a jax.random.key, a raw uint32 key array, an int seed, "
+      f"a numpy SeedSequence or Generator; got {type(key).__name__}."
+    )
+  return np.random.SeedSequence(
+    [int(x) for x in data.astype(np.uint64).ravel()]
+  )
 
 
 def _as_rng(key_or_rng) -> np.random.Generator:
@@ -142,6 +148,7 @@ def weight_graph(weights):
     [[0.0, 1.0, 2.0, 0.0], [1.0, 0.0, 0.0, 3.0], [2.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0]]
   """
   from scipy import sparse
+
   ws = as_weight_list(weights)
   widths = [ws[0].shape[0]] + [w.shape[1] for w in ws]
   offsets = np.concatenate([[0], np.cumsum(widths)])
@@ -156,8 +163,9 @@ def weight_graph(weights):
   c = np.concatenate(cols)
   v = np.concatenate(vals)
   # int32 indices: scikit-learn rejects sparse inputs with int64 indices.
-  upper = sparse.coo_array((v, (r.astype(np.int32), c.astype(np.int32))),
-                           shape=(n, n))
+  upper = sparse.coo_array(
+    (v, (r.astype(np.int32), c.astype(np.int32))), shape=(n, n)
+  )
   return (upper + upper.T).tocsr()
 
 
@@ -233,29 +241,38 @@ def ncut(adjacency, labels, *, epsilon: float = NCUT_EPSILON) -> float:
     0.342857
   """
   from scipy import sparse
-  a = sparse.csr_array(adjacency) if sparse.issparse(adjacency) \
-      else sparse.csr_array(np.asarray(adjacency, dtype=np.float64))
+
+  a = (
+    sparse.csr_array(adjacency)
+    if sparse.issparse(adjacency)
+    else sparse.csr_array(np.asarray(adjacency, dtype=np.float64))
+  )
   n = a.shape[0]
   if a.ndim != 2 or a.shape[1] != n:
     raise ValueError(f"adjacency must be square, got shape {a.shape}.")
   labels = np.asarray(labels).ravel()
   if labels.size != n:
-    raise ValueError(
-        f"labels has {labels.size} entries for {n} nodes.")
+    raise ValueError(f"labels has {labels.size} entries for {n} nodes.")
   if a.nnz and a.data.min() < 0:
     raise ValueError("adjacency must be non-negative.")
   uniq, idx = np.unique(labels, return_inverse=True)
   onehot = sparse.csr_array(
-      (np.ones(n), (np.arange(n), idx)), shape=(n, uniq.size))
+    (np.ones(n), (np.arange(n), idx)), shape=(n, uniq.size)
+  )
   block = (onehot.T @ a @ onehot).toarray()  # [K, K] summed weights
   vol = block.sum(axis=1)
   cut = vol - np.diag(block)
   return float(np.sum(cut / (vol + epsilon)))
 
 
-def spectral_cluster(adjacency, n_clusters: int, *, seed: int,
-                     eigen_solver: str = "arpack",
-                     threads: int | None = 1) -> np.ndarray:
+def spectral_cluster(
+  adjacency,
+  n_clusters: int,
+  *,
+  seed: int,
+  eigen_solver: str = "arpack",
+  threads: int | None = 1,
+) -> np.ndarray:
   """Spectral clustering of a weighted graph, as in Filan et al. (2021).
 
   Calls ``sklearn.cluster.SpectralClustering(n_clusters,
@@ -287,6 +304,7 @@ def spectral_cluster(adjacency, n_clusters: int, *, seed: int,
   """
   from scipy import sparse
   from sklearn.cluster import SpectralClustering
+
   n = adjacency.shape[0]
   if sparse.issparse(adjacency):
     adjacency = sparse.csr_array(adjacency)
@@ -295,15 +313,21 @@ def spectral_cluster(adjacency, n_clusters: int, *, seed: int,
       adjacency.indptr = adjacency.indptr.astype(np.int32)
   if not 1 <= n_clusters < n:
     raise ValueError(
-        f"n_clusters must be in [1, {n}) for a graph with {n} nodes, got "
-        f"{n_clusters}.")
+      f"n_clusters must be in [1, {n}) for a graph with {n} nodes, got "
+      f"{n_clusters}."
+    )
   model = SpectralClustering(
-      n_clusters=n_clusters, affinity="precomputed",
-      eigen_solver=eigen_solver, assign_labels="kmeans",
-      n_init=100 if n > 2000 else 25, random_state=int(seed))
+    n_clusters=n_clusters,
+    affinity="precomputed",
+    eigen_solver=eigen_solver,
+    assign_labels="kmeans",
+    n_init=100 if n > 2000 else 25,
+    random_state=int(seed),
+  )
   if threads is None:
     return np.asarray(model.fit(adjacency).labels_)
   from threadpoolctl import threadpool_limits
+
   with threadpool_limits(limits=int(threads)):
     return np.asarray(model.fit(adjacency).labels_)
 
@@ -313,8 +337,9 @@ def spectral_cluster(adjacency, n_clusters: int, *, seed: int,
 # --------------------------------------------------------------------------
 
 
-def shuffle_weights(weights, key_or_rng, method: str = "layer"
-                    ) -> list[np.ndarray]:
+def shuffle_weights(
+  weights, key_or_rng, method: str = "layer"
+) -> list[np.ndarray]:
   """Randomly permutes weights within each matrix (Filan et al. 2021).
 
   * ``"layer"``: permute all entries of each matrix, zeros included (a
@@ -339,8 +364,10 @@ def shuffle_weights(weights, key_or_rng, method: str = "layer"
       a malformed ``weights``.
   """
   if method not in SHUFFLE_METHODS:
-    raise ValueError(f"unknown shuffle method {method!r}; valid methods are "
-                     f"{', '.join(repr(m) for m in SHUFFLE_METHODS)}.")
+    raise ValueError(
+      f"unknown shuffle method {method!r}; valid methods are "
+      f"{', '.join(repr(m) for m in SHUFFLE_METHODS)}."
+    )
   rng = _as_rng(key_or_rng)
   out = []
   for w in as_weight_list(weights):
@@ -377,6 +404,7 @@ class ClusterabilityResult:
     n_clusters: ``K``.
     shuffle: the shuffle method.
   """
+
   ncut: float
   shuffled_ncuts: np.ndarray
   shuffled_mean: float
@@ -403,8 +431,9 @@ class ClusterabilityResult:
 def _cluster_ncut(weights, n_clusters, seed, eigen_solver):
   reduced, mask = remove_isolated_nodes(weights)
   adj = weight_graph(reduced)
-  labels = spectral_cluster(adj, n_clusters, seed=seed,
-                            eigen_solver=eigen_solver)
+  labels = spectral_cluster(
+    adj, n_clusters, seed=seed, eigen_solver=eigen_solver
+  )
   return ncut(adj, labels), labels, reduced, mask
 
 
@@ -416,14 +445,19 @@ def _shuffled_ncut(reduced, child, shuffle, n_clusters, eigen_solver):
   """n-cut of one shuffled copy; all randomness comes from ``child``."""
   shuffle_ss, clust_ss = child.spawn(2)
   sw = shuffle_weights(reduced, shuffle_ss, shuffle)
-  return _cluster_ncut(sw, n_clusters, _cluster_seed(clust_ss),
-                       eigen_solver)[0]
+  return _cluster_ncut(sw, n_clusters, _cluster_seed(clust_ss), eigen_solver)[0]
 
 
-def clusterability(weights, *, n_clusters: int = 12, n_shuffles: int = 50,
-                   key, shuffle: str = "layer",
-                   eigen_solver: str = "arpack",
-                   n_jobs: int = 1) -> ClusterabilityResult:
+def clusterability(
+  weights,
+  *,
+  n_clusters: int = 12,
+  n_shuffles: int = 50,
+  key,
+  shuffle: str = "layer",
+  eigen_solver: str = "arpack",
+  n_jobs: int = 1,
+) -> ClusterabilityResult:
   """n-cut of an MLP's weight graph against shuffled copies (Filan et al.).
 
   Protocol (``shuffle_and_cluster`` / ``run_clustering`` of the official
@@ -470,21 +504,25 @@ def clusterability(weights, *, n_clusters: int = 12, n_shuffles: int = 50,
       ``n_shuffles < 1`` or ``n_clusters`` out of range.
   """
   if shuffle not in SHUFFLE_METHODS:
-    raise ValueError(f"unknown shuffle method {shuffle!r}; valid methods are "
-                     f"{', '.join(repr(m) for m in SHUFFLE_METHODS)}.")
+    raise ValueError(
+      f"unknown shuffle method {shuffle!r}; valid methods are "
+      f"{', '.join(repr(m) for m in SHUFFLE_METHODS)}."
+    )
   if n_shuffles < 1:
     raise ValueError(f"n_shuffles must be >= 1, got {n_shuffles}.")
   children = _seed_sequence(key).spawn(n_shuffles + 1)
   observed, labels, reduced, mask = _cluster_ncut(
-      weights, n_clusters, _cluster_seed(children[0]), eigen_solver)
+    weights, n_clusters, _cluster_seed(children[0]), eigen_solver
+  )
   args = (shuffle, n_clusters, eigen_solver)
   if n_jobs == 1:
     values = [_shuffled_ncut(reduced, c, *args) for c in children[1:]]
   else:
     import joblib
+
     values = joblib.Parallel(n_jobs=n_jobs)(
-        joblib.delayed(_shuffled_ncut)(reduced, c, *args)
-        for c in children[1:])
+      joblib.delayed(_shuffled_ncut)(reduced, c, *args) for c in children[1:]
+    )
   shuffled = np.asarray(values, dtype=np.float64)
   mean = float(np.mean(shuffled))
   std = float(np.std(shuffled))
@@ -492,7 +530,15 @@ def clusterability(weights, *, n_clusters: int = 12, n_shuffles: int = 50,
     z = float(np.float64(observed - mean) / np.float64(std))
   p = (int(np.sum(shuffled < observed)) + 1) / (n_shuffles + 1)
   return ClusterabilityResult(
-      ncut=observed, shuffled_ncuts=shuffled, shuffled_mean=mean,
-      shuffled_std=std, z=z, p_value=p, n_nodes=int(labels.size),
-      labels=labels, node_mask=mask, n_clusters=int(n_clusters),
-      shuffle=shuffle)
+    ncut=observed,
+    shuffled_ncuts=shuffled,
+    shuffled_mean=mean,
+    shuffled_std=std,
+    z=z,
+    p_value=p,
+    n_nodes=int(labels.size),
+    labels=labels,
+    node_mask=mask,
+    n_clusters=int(n_clusters),
+    shuffle=shuffle,
+  )

@@ -92,6 +92,7 @@ class PruningSchedule:
     >>> [bool(s.is_update(t)) for t in (0, 5, 10, 20, 30)]
     [True, False, True, True, False]
   """
+
   end_step: int
   initial: float = 0.5
   final: float = 0.9
@@ -111,9 +112,14 @@ class PruningSchedule:
     Raises:
       ValueError: for a bad schedule (see ``polynomial_sparsity``).
     """
-    return polynomial_sparsity(step, initial=self.initial, final=self.final,
-                               begin_step=self.begin_step,
-                               end_step=self.end_step, power=self.power)
+    return polynomial_sparsity(
+      step,
+      initial=self.initial,
+      final=self.final,
+      begin_step=self.begin_step,
+      end_step=self.end_step,
+      power=self.power,
+    )
 
   def is_update(self, step) -> Array:
     """Whether masks are recomputed before ``step``'s update.
@@ -127,9 +133,12 @@ class PruningSchedule:
     Raises:
       ValueError: for ``frequency <= 0``.
     """
-    return is_mask_update_step(step, begin_step=self.begin_step,
-                               end_step=self.end_step,
-                               frequency=self.frequency)
+    return is_mask_update_step(
+      step,
+      begin_step=self.begin_step,
+      end_step=self.end_step,
+      frequency=self.frequency,
+    )
 
 
 def last_update_step(steps: int, frequency: int, begin_step: int = 0) -> int:
@@ -158,9 +167,10 @@ def last_update_step(steps: int, frequency: int, begin_step: int = 0) -> int:
   end = begin_step + frequency * ((steps - 1 - begin_step) // frequency)
   if end <= begin_step:
     raise ValueError(
-        f"a pruning phase of {steps} steps with mask updates every "
-        f"{frequency} steps has no update after step {begin_step}; use more "
-        "steps or a smaller frequency.")
+      f"a pruning phase of {steps} steps with mask updates every "
+      f"{frequency} steps has no update after step {begin_step}; use more "
+      "steps or a smaller frequency."
+    )
   return end
 
 
@@ -172,12 +182,14 @@ class MaskedOptState(NamedTuple):
     masks: a tree like the params: a bool array of the kernel's shape at
       every kernel (``True`` = kept) and ``None`` at every other leaf.
   """
+
   inner: Any
   masks: Any
 
 
-def masked_optimizer(inner: optax.GradientTransformation
-                     ) -> optax.GradientTransformation:
+def masked_optimizer(
+  inner: optax.GradientTransformation,
+) -> optax.GradientTransformation:
   """Wraps an optimizer so that masked kernel entries stay exactly zero.
 
   The state (:class:`MaskedOptState`) carries a masks tree (bool at every
@@ -210,22 +222,27 @@ def masked_optimizer(inner: optax.GradientTransformation
 
   def init(params):
     masks = jax.tree.map(
-        lambda p: jnp.ones(jnp.shape(p), bool) if is_kernel(p) else None,
-        params)
+      lambda p: jnp.ones(jnp.shape(p), bool) if is_kernel(p) else None, params
+    )
     return MaskedOptState(inner.init(params), masks)
 
   def update(updates, state, params=None):
     upd, inner_state = inner.update(updates, state.inner, params)
     upd = jax.tree.map(
-        lambda m, u, p: u if m is None else jnp.where(m, u, -p),
-        state.masks, upd, params, is_leaf=lambda x: x is None)
+      lambda m, u, p: u if m is None else jnp.where(m, u, -p),
+      state.masks,
+      upd,
+      params,
+      is_leaf=lambda x: x is None,
+    )
     return upd, MaskedOptState(inner_state, state.masks)
 
   return optax.GradientTransformation(init, update)
 
 
-def pruning_hook(schedule: PruningSchedule, mask_fn: MaskFn | None = None
-                 ) -> Callable[[Any, Array], Any]:
+def pruning_hook(
+  schedule: PruningSchedule, mask_fn: MaskFn | None = None
+) -> Callable[[Any, Array], Any]:
   """The mask update of gradual pruning, as a pure per-step hook.
 
   ``hook(state, t)`` is meant to run before the update of global step ``t``
@@ -260,16 +277,20 @@ def pruning_hook(schedule: PruningSchedule, mask_fn: MaskFn | None = None
 
   def remask(state, t):
     masks = mask_fn(state.params, schedule.sparsity(t))
-    return state._replace(params=apply_masks(state.params, masks),
-                          opt_state=state.opt_state._replace(masks=masks))
+    return state._replace(
+      params=apply_masks(state.params, masks),
+      opt_state=state.opt_state._replace(masks=masks),
+    )
 
   def hook(state, t):
     if not isinstance(state.opt_state, MaskedOptState):
       raise TypeError(
-          "pruning_hook needs a train state whose opt_state is a "
-          "MaskedOptState (build the optimizer with masked_optimizer); got "
-          f"{type(state.opt_state).__name__}.")
-    return jax.lax.cond(schedule.is_update(t), lambda s: remask(s, t),
-                        lambda s: s, state)
+        "pruning_hook needs a train state whose opt_state is a "
+        "MaskedOptState (build the optimizer with masked_optimizer); got "
+        f"{type(state.opt_state).__name__}."
+      )
+    return jax.lax.cond(
+      schedule.is_update(t), lambda s: remask(s, t), lambda s: s, state
+    )
 
   return hook

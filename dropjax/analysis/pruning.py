@@ -57,8 +57,20 @@ Exclude = Union[Sequence[int], int, Callable[[str, Any], bool]]
 
 GRANULARITIES = ("weight", "unit", "global")
 DEFAULT_EXCLUDE = (0, -1)
-DEFAULT_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95,
-                     0.99)
+DEFAULT_FRACTIONS = (
+  0.0,
+  0.1,
+  0.2,
+  0.3,
+  0.4,
+  0.5,
+  0.6,
+  0.7,
+  0.8,
+  0.9,
+  0.95,
+  0.99,
+)
 
 # Relative slack added to fraction * n before taking the floor, so that a
 # product such as 0.29 * 100 = 28.999999999999996 counts as 29.
@@ -81,6 +93,7 @@ def _is_concrete(x) -> bool:
 @dataclasses.dataclass(frozen=True)
 class _Flat:
   """A flattened params tree with its kernels located."""
+
   leaves: list
   paths: list
   treedef: Any
@@ -106,8 +119,9 @@ def _flatten(params) -> _Flat:
   return _Flat(leaves, paths, treedef, kernel_pos)
 
 
-def _excluded_flags(paths: Sequence[str], kernels: Sequence[Any],
-                    exclude: Exclude) -> list[bool]:
+def _excluded_flags(
+  paths: Sequence[str], kernels: Sequence[Any], exclude: Exclude
+) -> list[bool]:
   """Resolves ``exclude`` to one flag per kernel."""
   n = len(kernels)
   if callable(exclude):
@@ -118,13 +132,13 @@ def _excluded_flags(paths: Sequence[str], kernels: Sequence[Any],
   for i in exclude:
     if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
       raise TypeError(
-          "exclude must be a sequence of kernel indices or a callable "
-          f"(path, leaf) -> bool; got element {i!r}.")
+        "exclude must be a sequence of kernel indices or a callable "
+        f"(path, leaf) -> bool; got element {i!r}."
+      )
     if n == 0:
       continue
     if not -n <= i < n:
-      raise ValueError(
-          f"exclude index {i} is out of range for {n} kernels.")
+      raise ValueError(f"exclude index {i} is out of range for {n} kernels.")
     flags[int(i)] = True
   return flags
 
@@ -153,8 +167,9 @@ def kernel_list(params, *, exclude: Exclude = ()) -> list[tuple[str, Array]]:
   """
   flat = _flatten(params)
   flags = _excluded_flags(flat.kernel_paths, flat.kernels, exclude)
-  return [(p, k) for p, k, f in zip(flat.kernel_paths, flat.kernels, flags)
-          if not f]
+  return [
+    (p, k) for p, k, f in zip(flat.kernel_paths, flat.kernels, flags) if not f
+  ]
 
 
 def _as_matrix(w):
@@ -225,8 +240,11 @@ def _unit_keep(w: Array, fraction) -> Array:
   norms = jnp.sqrt(jnp.sum(jnp.square(a), axis=0))
   k = prune_count(fraction, n_out)
   order = jnp.argsort(norms, stable=True)
-  rank = jnp.zeros((n_out,), jnp.int32).at[order].set(
-      jnp.arange(n_out, dtype=jnp.int32))
+  rank = (
+    jnp.zeros((n_out,), jnp.int32)
+    .at[order]
+    .set(jnp.arange(n_out, dtype=jnp.int32))
+  )
   keep_col = rank >= k
   return jnp.broadcast_to(keep_col[None, :], a.shape).reshape(w.shape)
 
@@ -248,8 +266,13 @@ def _global_keep(ws: Sequence[Array], fraction) -> list[Array]:
 # --------------------------------------------------------------------------
 
 
-def magnitude_prune(params: Params, fraction, *, granularity: str = "weight",
-                    exclude: Exclude = DEFAULT_EXCLUDE):
+def magnitude_prune(
+  params: Params,
+  fraction,
+  *,
+  granularity: str = "weight",
+  exclude: Exclude = DEFAULT_EXCLUDE,
+):
   """One-shot magnitude pruning (no fine-tuning) at a given granularity.
 
   Each kernel is viewed as ``(fan_in, n_out)``. With ``k = floor(fraction *
@@ -309,8 +332,9 @@ def magnitude_prune(params: Params, fraction, *, granularity: str = "weight",
   """
   if granularity not in GRANULARITIES:
     raise ValueError(
-        f"unknown granularity {granularity!r}; valid granularities are "
-        f"{', '.join(repr(g) for g in GRANULARITIES)}.")
+      f"unknown granularity {granularity!r}; valid granularities are "
+      f"{', '.join(repr(g) for g in GRANULARITIES)}."
+    )
   _check_unit_interval(fraction, "fraction")
   flat = _flatten(params)
   kernels = flat.kernels
@@ -319,8 +343,9 @@ def magnitude_prune(params: Params, fraction, *, granularity: str = "weight",
   keeps: list = [None] * len(kernels)
   active = [i for i, f in enumerate(flags) if not f]
   if granularity == "global":
-    for i, m in zip(active, _global_keep([kernels[i] for i in active],
-                                         fraction)):
+    for i, m in zip(
+      active, _global_keep([kernels[i] for i in active], fraction)
+    ):
       keeps[i] = m
   else:
     fn = _weight_keep if granularity == "weight" else _unit_keep
@@ -364,17 +389,21 @@ def apply_masks(params: Params, masks) -> Params:
     >>> np.asarray(out["k"]).tolist(), np.asarray(out["b"]).tolist()
     ([[1.0, 0.0], [0.0, 4.0]], [5.0, 6.0])
   """
+
   def one(m, p):
     if m is None:
       return p
     p = jnp.asarray(p)
     return jnp.where(m, p, jnp.zeros((), p.dtype))
+
   try:
-    return jax.tree_util.tree_map(one, masks, params,
-                                  is_leaf=lambda x: x is None)
+    return jax.tree_util.tree_map(
+      one, masks, params, is_leaf=lambda x: x is None
+    )
   except ValueError as e:
     raise ValueError(
-        f"masks and params have different tree structures: {e}") from e
+      f"masks and params have different tree structures: {e}"
+    ) from e
 
 
 # --------------------------------------------------------------------------
@@ -397,6 +426,7 @@ class PruneCurve:
       the fraction when magnitudes tie (see :func:`magnitude_prune`).
     granularity: the granularity used.
   """
+
   fractions: np.ndarray
   accuracies: np.ndarray
   baseline: float
@@ -447,10 +477,14 @@ class PruneCurve:
     return best
 
 
-def prune_curve(params: Params, evaluate: Callable[[Params], Any],
-                fractions: Sequence[float] = DEFAULT_FRACTIONS, *,
-                granularity: str = "weight",
-                exclude: Exclude = DEFAULT_EXCLUDE) -> PruneCurve:
+def prune_curve(
+  params: Params,
+  evaluate: Callable[[Params], Any],
+  fractions: Sequence[float] = DEFAULT_FRACTIONS,
+  *,
+  granularity: str = "weight",
+  exclude: Exclude = DEFAULT_EXCLUDE,
+) -> PruneCurve:
   """Evaluates one-shot magnitude-pruned copies of ``params``.
 
   For each fraction, :func:`magnitude_prune` is applied to the *original*
@@ -480,13 +514,15 @@ def prune_curve(params: Params, evaluate: Callable[[Params], Any],
     raise ValueError(f"fractions must lie in [0, 1], got {fractions!r}.")
   if np.any(np.diff(fr) <= 0):
     raise ValueError(
-        f"fractions must be strictly increasing, got {fractions!r}.")
+      f"fractions must be strictly increasing, got {fractions!r}."
+    )
   flat = _flatten(params)
   flags = _excluded_flags(flat.kernel_paths, flat.kernels, exclude)
   accs, achieved = [], []
   for f in fr:
-    pruned, masks = magnitude_prune(params, float(f), granularity=granularity,
-                                    exclude=exclude)
+    pruned, masks = magnitude_prune(
+      params, float(f), granularity=granularity, exclude=exclude
+    )
     accs.append(float(evaluate(pruned)))
     mflat = _flatten(masks)  # None leaves vanish: only kernels remain
     kept = total = 0
@@ -497,9 +533,13 @@ def prune_curve(params: Params, evaluate: Callable[[Params], Any],
     achieved.append(1.0 - kept / total if total else 0.0)
   accs = np.asarray(accs, dtype=np.float64)
   baseline = float(accs[0]) if fr[0] == 0.0 else float(evaluate(params))
-  return PruneCurve(fractions=fr, accuracies=accs, baseline=baseline,
-                    achieved_sparsity=np.asarray(achieved, dtype=np.float64),
-                    granularity=granularity)
+  return PruneCurve(
+    fractions=fr,
+    accuracies=accs,
+    baseline=baseline,
+    achieved_sparsity=np.asarray(achieved, dtype=np.float64),
+    granularity=granularity,
+  )
 
 
 # --------------------------------------------------------------------------
@@ -507,9 +547,15 @@ def prune_curve(params: Params, evaluate: Callable[[Params], Any],
 # --------------------------------------------------------------------------
 
 
-def polynomial_sparsity(step, *, initial: float = 0.5, final: float = 0.9,
-                        begin_step: int = 0, end_step: int,
-                        power: float = 3) -> Array:
+def polynomial_sparsity(
+  step,
+  *,
+  initial: float = 0.5,
+  final: float = 0.9,
+  begin_step: int = 0,
+  end_step: int,
+  power: float = 3,
+) -> Array:
   """Target sparsity of TF-MOT's ``PolynomialDecay`` pruning schedule.
 
   ``p = clip((step - begin_step) / (end_step - begin_step), 0, 1)`` and
@@ -545,16 +591,17 @@ def polynomial_sparsity(step, *, initial: float = 0.5, final: float = 0.9,
     raise ValueError(f"begin_step must be >= 0, got {begin_step}.")
   if end_step <= begin_step:
     raise ValueError(
-        f"end_step ({end_step}) must be greater than begin_step "
-        f"({begin_step}).")
+      f"end_step ({end_step}) must be greater than begin_step ({begin_step})."
+    )
   dtype = jnp.result_type(float)
   step = jnp.asarray(step).astype(dtype)
   p = jnp.clip((step - begin_step) / (end_step - begin_step), 0.0, 1.0)
   return (final + (initial - final) * (1.0 - p) ** power).astype(dtype)
 
 
-def is_mask_update_step(step, *, begin_step: int = 0, end_step: int,
-                        frequency: int = 10) -> Array:
+def is_mask_update_step(
+  step, *, begin_step: int = 0, end_step: int, frequency: int = 10
+) -> Array:
   """Whether the masks are recomputed at ``step`` (as TF-MOT schedules do).
 
   True when ``begin_step <= step <= end_step`` and ``(step - begin_step) %
@@ -594,8 +641,9 @@ def _layer_keep_tfmot(w: Array, sparsity) -> Array:
   return a >= t
 
 
-def layerwise_magnitude_masks(params: Params, sparsity, *,
-                              exclude: Exclude = ()):
+def layerwise_magnitude_masks(
+  params: Params, sparsity, *, exclude: Exclude = ()
+):
   """Per-layer magnitude masks at a target sparsity (TF-MOT semantics).
 
   For every kernel (all leaves with ``ndim >= 2``, including the first and
@@ -639,6 +687,7 @@ def layerwise_magnitude_masks(params: Params, sparsity, *,
   mask_leaves: list = [None] * len(flat.leaves)
   for pos, excluded in zip(flat.kernel_pos, flags):
     w = flat.leaves[pos]
-    mask_leaves[pos] = (jnp.ones(w.shape, bool) if excluded
-                        else _layer_keep_tfmot(w, sparsity))
+    mask_leaves[pos] = (
+      jnp.ones(w.shape, bool) if excluded else _layer_keep_tfmot(w, sparsity)
+    )
   return flat.unflatten(mask_leaves)

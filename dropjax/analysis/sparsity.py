@@ -43,10 +43,13 @@ def _float_dtype(x):
   return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)
 
 
-def epsilon_sparsity(params, rel_thresholds: Sequence[float] = (1e-3, 1e-2,
-                                                                1e-1), *,
-                     relative_to: str = "max",
-                     exclude: Exclude = ()) -> dict[float, float]:
+def epsilon_sparsity(
+  params,
+  rel_thresholds: Sequence[float] = (1e-3, 1e-2, 1e-1),
+  *,
+  relative_to: str = "max",
+  exclude: Exclude = (),
+) -> dict[float, float]:
   """Fraction of kernel weights that are small relative to their layer.
 
   For each kernel ``W_l`` let ``scale_l = max |W_l|`` (``relative_to="max"``)
@@ -77,8 +80,10 @@ def epsilon_sparsity(params, rel_thresholds: Sequence[float] = (1e-3, 1e-2,
     {0.001: 0.25, 0.01: 0.5, 0.1: 0.75}
   """
   if relative_to not in RELATIVE_TO:
-    raise ValueError(f"unknown relative_to {relative_to!r}; valid values are "
-                     f"{', '.join(repr(r) for r in RELATIVE_TO)}.")
+    raise ValueError(
+      f"unknown relative_to {relative_to!r}; valid values are "
+      f"{', '.join(repr(r) for r in RELATIVE_TO)}."
+    )
   eps = [float(e) for e in rel_thresholds]
   if any(e < 0 for e in eps):
     raise ValueError(f"thresholds must be >= 0, got {rel_thresholds!r}.")
@@ -212,7 +217,8 @@ def dead_unit_fraction(activations, *, tol: float = 0.0) -> Array:
   h = jnp.asarray(activations)
   if h.ndim < 2:
     raise ValueError(
-        f"activations must have shape [batch, units], got {h.shape}.")
+      f"activations must have shape [batch, units], got {h.shape}."
+    )
   h = h.reshape(-1, h.shape[-1])
   dead = jnp.all(h <= tol, axis=0)
   return jnp.mean(dead.astype(jnp.float32))
@@ -253,9 +259,9 @@ def symmetric_quantize(w, bits: int = 8) -> tuple[np.ndarray, float]:
   return q.astype(np.int8 if bits <= 8 else np.int16), scale
 
 
-def compressed_bits_per_weight(params, *, bits: int = 8,
-                               compressor: str = "zlib",
-                               exclude: Exclude = ()) -> float:
+def compressed_bits_per_weight(
+  params, *, bits: int = 8, compressor: str = "zlib", exclude: Exclude = ()
+) -> float:
   """Size of the quantised, losslessly compressed kernels, in bits per weight.
 
   A cheap proxy for the "quantise + entropy-code" stage of Deep Compression
@@ -289,8 +295,10 @@ def compressed_bits_per_weight(params, *, bits: int = 8,
     ValueError: for an unknown compressor, bad ``bits`` or no kernels.
   """
   if compressor not in COMPRESSORS:
-    raise ValueError(f"unknown compressor {compressor!r}; valid compressors "
-                     f"are {', '.join(repr(c) for c in COMPRESSORS)}.")
+    raise ValueError(
+      f"unknown compressor {compressor!r}; valid compressors "
+      f"are {', '.join(repr(c) for c in COMPRESSORS)}."
+    )
   ks = _kernels_np(params, exclude)
   if not ks:
     raise ValueError("params contain no kernels (leaves with ndim >= 2).")
@@ -332,10 +340,14 @@ def _gini_np(w: np.ndarray) -> float:
   return float(1.0 - 2.0 * np.sum(c / total * (n - k + 0.5) / n))
 
 
-def sparsity_report(params, *, rel_thresholds: Sequence[float] = (1e-3, 1e-2,
-                                                                   1e-1),
-                    bits: int = 8, compressor: str = "zlib",
-                    exclude: Exclude = ()) -> dict[str, Any]:
+def sparsity_report(
+  params,
+  *,
+  rel_thresholds: Sequence[float] = (1e-3, 1e-2, 1e-1),
+  bits: int = 8,
+  compressor: str = "zlib",
+  exclude: Exclude = (),
+) -> dict[str, Any]:
   """Gathers the sparsity measurements of a network's kernels.
 
   Args:
@@ -372,7 +384,8 @@ def sparsity_report(params, *, rel_thresholds: Sequence[float] = (1e-3, 1e-2,
   layers = []
   for path, w in ks:
     m = w.reshape(-1, w.shape[-1])
-    layers.append({
+    layers.append(
+      {
         "path": path,
         "shape": tuple(int(d) for d in w.shape),
         "n_weights": int(w.size),
@@ -380,23 +393,27 @@ def sparsity_report(params, *, rel_thresholds: Sequence[float] = (1e-3, 1e-2,
         "hoyer": _hoyer_np(w),
         "gini": _gini_np(w),
         "zero_unit_fraction": float(np.mean(np.all(m == 0, axis=0))),
-    })
+      }
+    )
   allw = np.concatenate([w.astype(np.float64).ravel() for _, w in ks])
   n = int(allw.size)
   nnz = int(np.count_nonzero(allw))
   return {
-      "n_kernels": len(ks),
-      "n_weights": n,
-      "n_nonzero": nnz,
-      "exact_sparsity": 1.0 - nnz / n,
-      "compression_ratio": n / nnz if nnz else float("inf"),
-      "epsilon_sparsity_max": epsilon_sparsity(
-          params, rel_thresholds, relative_to="max", exclude=exclude),
-      "epsilon_sparsity_std": epsilon_sparsity(
-          params, rel_thresholds, relative_to="std", exclude=exclude),
-      "hoyer": _hoyer_np(allw),
-      "gini": _gini_np(allw),
-      "bits_per_weight": compressed_bits_per_weight(
-          params, bits=bits, compressor=compressor, exclude=exclude),
-      "layers": layers,
+    "n_kernels": len(ks),
+    "n_weights": n,
+    "n_nonzero": nnz,
+    "exact_sparsity": 1.0 - nnz / n,
+    "compression_ratio": n / nnz if nnz else float("inf"),
+    "epsilon_sparsity_max": epsilon_sparsity(
+      params, rel_thresholds, relative_to="max", exclude=exclude
+    ),
+    "epsilon_sparsity_std": epsilon_sparsity(
+      params, rel_thresholds, relative_to="std", exclude=exclude
+    ),
+    "hoyer": _hoyer_np(allw),
+    "gini": _gini_np(allw),
+    "bits_per_weight": compressed_bits_per_weight(
+      params, bits=bits, compressor=compressor, exclude=exclude
+    ),
+    "layers": layers,
   }

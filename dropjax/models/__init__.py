@@ -37,11 +37,14 @@ MODELS: dict[str, type[nnx.Module]] = {"mlp": MLP, "cnn": CNN}
 def _key(key) -> jax.Array:
   if isinstance(key, int):
     return jax.random.key(key)
-  if not jax.dtypes.issubdtype(getattr(key, "dtype", None),
-                               jax.dtypes.prng_key):
-    raise TypeError("key must be an int seed or a typed jax.random.key(...), "
-                    f"got {type(key).__name__} of dtype "
-                    f"{getattr(key, 'dtype', None)}.")
+  if not jax.dtypes.issubdtype(
+    getattr(key, "dtype", None), jax.dtypes.prng_key
+  ):
+    raise TypeError(
+      "key must be an int seed or a typed jax.random.key(...), "
+      f"got {type(key).__name__} of dtype "
+      f"{getattr(key, 'dtype', None)}."
+    )
   return key
 
 
@@ -73,8 +76,9 @@ def build(name: str, key=0, **kwargs) -> nnx.Module:
   return nnx.merge(graphdef, state)
 
 
-def make_model(name: str, *, key=0, **kwargs
-               ) -> tuple[Callable[..., Any], dict, dict[str, float]]:
+def make_model(
+  name: str, *, key=0, **kwargs
+) -> tuple[Callable[..., Any], dict, dict[str, float]]:
   """A model as ``(apply, params, site_rates)``.
 
   Args:
@@ -111,5 +115,13 @@ def make_init(name: str, **kwargs) -> Callable[[jax.Array], dict]:
   return init
 
 
-__all__ = ["CNN", "MLP", "MODELS", "build", "glorot_uniform", "layer_names",
-           "make_init", "make_model"]
+__all__ = [
+  "CNN",
+  "MLP",
+  "MODELS",
+  "build",
+  "glorot_uniform",
+  "layer_names",
+  "make_init",
+  "make_model",
+]

@@ -49,38 +49,51 @@ class CNN(nnx.Module):
     ValueError: for a bad shape, size or rate.
   """
 
-  def __init__(self, in_shape: Sequence[int] = (28, 28, 1), *,
-               channels: Sequence[int] = (32, 64), hidden: int = 128,
-               n_out: int = 10, dropout_rate: float = 0.5,
-               conv_dropout_rate: float = 0.0, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_shape: Sequence[int] = (28, 28, 1),
+    *,
+    channels: Sequence[int] = (32, 64),
+    hidden: int = 128,
+    n_out: int = 10,
+    dropout_rate: float = 0.5,
+    conv_dropout_rate: float = 0.0,
+    rngs: nnx.Rngs,
+  ):
     in_shape = tuple(int(s) for s in in_shape)
     if len(in_shape) != 3 or in_shape[0] % 4 or in_shape[1] % 4:
-      raise ValueError(f"in_shape must be (H, W, C) with H, W divisible by 4, "
-                       f"got {in_shape}.")
+      raise ValueError(
+        f"in_shape must be (H, W, C) with H, W divisible by 4, got {in_shape}."
+      )
     if len(channels) != 2 or min(channels) < 1 or hidden < 1 or n_out < 1:
-      raise ValueError("need two positive conv widths, hidden >= 1, "
-                       "n_out >= 1.")
+      raise ValueError(
+        "need two positive conv widths, hidden >= 1, n_out >= 1."
+      )
     self.in_shape = in_shape
-    init = dict(kernel_init=glorot_uniform,
-                bias_init=nnx.initializers.zeros_init())
+    init = dict(
+      kernel_init=glorot_uniform, bias_init=nnx.initializers.zeros_init()
+    )
     c_in = in_shape[2]
-    self.conv_0 = nnx.Conv(c_in, channels[0], (3, 3), padding="SAME",
-                           rngs=rngs, **init)
-    self.conv_1 = nnx.Conv(channels[0], channels[1], (3, 3), padding="SAME",
-                           rngs=rngs, **init)
+    self.conv_0 = nnx.Conv(
+      c_in, channels[0], (3, 3), padding="SAME", rngs=rngs, **init
+    )
+    self.conv_1 = nnx.Conv(
+      channels[0], channels[1], (3, 3), padding="SAME", rngs=rngs, **init
+    )
     flat = (in_shape[0] // 4) * (in_shape[1] // 4) * channels[1]
     self.dense_0 = nnx.Linear(flat, hidden, rngs=rngs, **init)
     self.output = nnx.Linear(hidden, n_out, rngs=rngs, **init)
     self.conv_sites = conv_dropout_rate > 0
     if self.conv_sites:
-      self.drop_conv_0 = djflax.Dropout(conv_dropout_rate, site="conv_0",
-                                        rngs=rngs)
-      self.drop_conv_1 = djflax.Dropout(conv_dropout_rate, site="conv_1",
-                                        rngs=rngs)
+      self.drop_conv_0 = djflax.Dropout(
+        conv_dropout_rate, site="conv_0", rngs=rngs
+      )
+      self.drop_conv_1 = djflax.Dropout(
+        conv_dropout_rate, site="conv_1", rngs=rngs
+      )
     else:
       djflax.Dropout(conv_dropout_rate, site="conv_0")  # validates the rate
-    self.drop_dense_0 = djflax.Dropout(dropout_rate, site="dense_0",
-                                       rngs=rngs)
+    self.drop_dense_0 = djflax.Dropout(dropout_rate, site="dense_0", rngs=rngs)
 
   def __call__(self, x: Array) -> Array:
     h = jnp.reshape(x, (x.shape[0],) + self.in_shape)

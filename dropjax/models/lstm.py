@@ -75,8 +75,9 @@ LOCKED_AXES = (1,)
 """The time axis of ``[B, T, F]`` activations: locked masks are shared there."""
 
 
-def layer_sizes(num_layers: int, hidden_size: int, embed_dim: int,
-                tie_weights: bool) -> tuple[int, ...]:
+def layer_sizes(
+  num_layers: int, hidden_size: int, embed_dim: int, tie_weights: bool
+) -> tuple[int, ...]:
   """Hidden sizes of the LSTM layers.
 
   AWD-LSTM's rule: every layer has ``hidden_size`` units, except that the
@@ -86,8 +87,10 @@ def layer_sizes(num_layers: int, hidden_size: int, embed_dim: int,
     ValueError: ``num_layers < 1`` or a non-positive size.
   """
   if num_layers < 1 or hidden_size < 1 or embed_dim < 1:
-    raise ValueError(f"num_layers, hidden_size and embed_dim must be >= 1, got "
-                     f"{num_layers}, {hidden_size}, {embed_dim}.")
+    raise ValueError(
+      f"num_layers, hidden_size and embed_dim must be >= 1, got "
+      f"{num_layers}, {hidden_size}, {embed_dim}."
+    )
   sizes = [hidden_size] * num_layers
   if tie_weights:
     sizes[-1] = embed_dim
@@ -103,8 +106,9 @@ def site_names(num_layers: int) -> tuple[str, ...]:
   return tuple(names)
 
 
-def lstm_scan(w_ih: Array, w_hh: Array, bias: Array, x: Array,
-              carry: tuple[Array, Array]) -> tuple[Array, tuple[Array, Array]]:
+def lstm_scan(
+  w_ih: Array, w_hh: Array, bias: Array, x: Array, carry: tuple[Array, Array]
+) -> tuple[Array, tuple[Array, Array]]:
   """One LSTM layer over a whole sequence (``lax.scan`` over time).
 
   The input projection of all time steps is one matmul outside the scan; the
@@ -156,11 +160,11 @@ class Decoder(nnx.Module):
     rngs: ``nnx.Rngs``.
   """
 
-  def __init__(self, in_size: int | None, vocab_size: int, *,
-               rngs: nnx.Rngs):
+  def __init__(self, in_size: int | None, vocab_size: int, *, rngs: nnx.Rngs):
     if in_size is not None:
-      self.kernel = nnx.Param(_symmetric_uniform(0.1)(
-          rngs.params(), (in_size, vocab_size)))
+      self.kernel = nnx.Param(
+        _symmetric_uniform(0.1)(rngs.params(), (in_size, vocab_size))
+      )
     self.bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32))
 
 
@@ -174,14 +178,15 @@ class LSTMLayer(nnx.Module):
     rngs: ``nnx.Rngs`` (stream ``params``).
   """
 
-  def __init__(self, in_size: int, hidden_size: int, *, forget_bias: float,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, in_size: int, hidden_size: int, *, forget_bias: float, rngs: nnx.Rngs
+  ):
     init = _symmetric_uniform(1.0 / float(hidden_size) ** 0.5)
     self.hidden_size = hidden_size
     self.w_ih = nnx.Param(init(rngs.params(), (in_size, 4 * hidden_size)))
     self.w_hh = nnx.Param(init(rngs.params(), (hidden_size, 4 * hidden_size)))
     b = jnp.zeros((4 * hidden_size,), jnp.float32)
-    self.bias = nnx.Param(b.at[hidden_size:2 * hidden_size].set(forget_bias))
+    self.bias = nnx.Param(b.at[hidden_size : 2 * hidden_size].set(forget_bias))
 
 
 class LSTMLanguageModel(nnx.Module):
@@ -211,12 +216,21 @@ class LSTMLanguageModel(nnx.Module):
     ValueError: a non-positive size or a rate outside ``[0, 1)``.
   """
 
-  def __init__(self, vocab_size: int, *, embed_dim: int = 64,
-               hidden_size: int = 256, num_layers: int = 1,
-               tie_weights: bool = False, dropout_emb: float = 0.4,
-               dropout_hidden: float = 0.4, dropout_out: float = 0.4,
-               dropout_weight: float = 0.4, forget_bias: float = 1.0,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    vocab_size: int,
+    *,
+    embed_dim: int = 64,
+    hidden_size: int = 256,
+    num_layers: int = 1,
+    tie_weights: bool = False,
+    dropout_emb: float = 0.4,
+    dropout_hidden: float = 0.4,
+    dropout_out: float = 0.4,
+    dropout_weight: float = 0.4,
+    forget_bias: float = 1.0,
+    rngs: nnx.Rngs,
+  ):
     if vocab_size < 1:
       raise ValueError(f"vocab_size must be >= 1, got {vocab_size}.")
     self.vocab_size = int(vocab_size)
@@ -224,35 +238,53 @@ class LSTMLanguageModel(nnx.Module):
     self.num_layers = int(num_layers)
     self.tie_weights = bool(tie_weights)
     self.sizes = layer_sizes(num_layers, hidden_size, embed_dim, tie_weights)
-    self.embed = nnx.Embed(vocab_size, embed_dim,
-                           embedding_init=_symmetric_uniform(0.1), rngs=rngs)
-    self.drop_emb = djflax.Dropout(dropout_emb, site="emb",
-                                   broadcast_dims=LOCKED_AXES, rngs=rngs)
+    self.embed = nnx.Embed(
+      vocab_size, embed_dim, embedding_init=_symmetric_uniform(0.1), rngs=rngs
+    )
+    self.drop_emb = djflax.Dropout(
+      dropout_emb, site="emb", broadcast_dims=LOCKED_AXES, rngs=rngs
+    )
     in_size = embed_dim
     for i, h in enumerate(self.sizes):
-      setattr(self, f"lstm_{i}", LSTMLayer(in_size, h, forget_bias=forget_bias,
-                                           rngs=rngs))
-      setattr(self, f"drop_w_hh{i}",
-              djflax.Dropout(dropout_weight, site=f"w_hh{i}", rngs=rngs))
+      setattr(
+        self,
+        f"lstm_{i}",
+        LSTMLayer(in_size, h, forget_bias=forget_bias, rngs=rngs),
+      )
+      setattr(
+        self,
+        f"drop_w_hh{i}",
+        djflax.Dropout(dropout_weight, site=f"w_hh{i}", rngs=rngs),
+      )
       last = i == self.num_layers - 1
-      setattr(self, f"drop_{'out' if last else f'h{i}'}",
-              djflax.Dropout(dropout_out if last else dropout_hidden,
-                             site="out" if last else f"h{i}",
-                             broadcast_dims=LOCKED_AXES, rngs=rngs))
+      setattr(
+        self,
+        f"drop_{'out' if last else f'h{i}'}",
+        djflax.Dropout(
+          dropout_out if last else dropout_hidden,
+          site="out" if last else f"h{i}",
+          broadcast_dims=LOCKED_AXES,
+          rngs=rngs,
+        ),
+      )
       in_size = h
-    self.decoder = Decoder(None if tie_weights else self.sizes[-1],
-                           vocab_size, rngs=rngs)
+    self.decoder = Decoder(
+      None if tie_weights else self.sizes[-1], vocab_size, rngs=rngs
+    )
 
   def initial_carry(self, batch_size: int, dtype=jnp.float32) -> Carry:
     """Zero state ``((h, c) per layer)``, each ``[batch_size, H_i]``."""
-    return tuple((jnp.zeros((batch_size, h), dtype),
-                  jnp.zeros((batch_size, h), dtype)) for h in self.sizes)
+    return tuple(
+      (jnp.zeros((batch_size, h), dtype), jnp.zeros((batch_size, h), dtype))
+      for h in self.sizes
+    )
 
   def __call__(self, x: tuple[Array, Carry]) -> tuple[Array, Carry]:
     tokens, carry = x
     if len(carry) != self.num_layers:
-      raise ValueError(f"carry has {len(carry)} layers, the model "
-                       f"{self.num_layers}.")
+      raise ValueError(
+        f"carry has {len(carry)} layers, the model {self.num_layers}."
+      )
     emb = self.embed.embedding[...]
     h = jnp.take(emb, tokens, axis=0)  # [B, T, E]
     h = self.drop_emb(h)
@@ -260,8 +292,7 @@ class LSTMLanguageModel(nnx.Module):
     for i in range(self.num_layers):
       layer = getattr(self, f"lstm_{i}")
       w_hh = getattr(self, f"drop_w_hh{i}")(layer.w_hh[...])
-      h, c_i = lstm_scan(layer.w_ih[...], w_hh, layer.bias[...], h,
-                         carry[i])
+      h, c_i = lstm_scan(layer.w_ih[...], w_hh, layer.bias[...], h, carry[i])
       new_carry.append(c_i)
       last = i == self.num_layers - 1
       h = getattr(self, f"drop_{'out' if last else f'h{i}'}")(h)
@@ -272,11 +303,14 @@ class LSTMLanguageModel(nnx.Module):
     return logits, tuple(new_carry)
 
 
-def zero_carry(sizes: Sequence[int], batch_size: int,
-               dtype=jnp.float32) -> Carry:
+def zero_carry(
+  sizes: Sequence[int], batch_size: int, dtype=jnp.float32
+) -> Carry:
   """Zero state for layers of the given sizes (see :meth:`initial_carry`)."""
-  return tuple((jnp.zeros((batch_size, h), dtype),
-                jnp.zeros((batch_size, h), dtype)) for h in sizes)
+  return tuple(
+    (jnp.zeros((batch_size, h), dtype), jnp.zeros((batch_size, h), dtype))
+    for h in sizes
+  )
 
 
 def make_lm(vocab_size: int, *, key: Any = 0, **kwargs):
@@ -311,6 +345,15 @@ def make_lm_init(vocab_size: int, **kwargs):
   return init
 
 
-__all__ = ["Decoder", "LSTMLanguageModel", "LSTMLayer", "LOCKED_AXES", "layer_sizes",
-           "lstm_scan", "make_lm", "make_lm_init", "site_names",
-           "zero_carry"]
+__all__ = [
+  "Decoder",
+  "LSTMLanguageModel",
+  "LSTMLayer",
+  "LOCKED_AXES",
+  "layer_sizes",
+  "lstm_scan",
+  "make_lm",
+  "make_lm_init",
+  "site_names",
+  "zero_carry",
+]

@@ -27,8 +27,9 @@ Array = jax.Array
 Rate = Union[float, Sequence[float]]
 
 
-def glorot_uniform(key: Array, shape: Sequence[int],
-                   dtype=jnp.float32) -> Array:
+def glorot_uniform(
+  key: Array, shape: Sequence[int], dtype=jnp.float32
+) -> Array:
   """Glorot uniform: ``U(-a, a)`` with ``a = sqrt(6 / (fan_in + fan_out))``.
 
   The same values as ``nnx.initializers.glorot_uniform()`` (Keras's default),
@@ -60,8 +61,9 @@ def _per_layer(rate: Rate, n: int, what: str) -> list[float]:
     return [float(rate)] * n
   rates = [float(r) for r in rate]
   if len(rates) != n:
-    raise ValueError(f"{what}: need one rate per hidden layer ({n}), got "
-                     f"{len(rates)}.")
+    raise ValueError(
+      f"{what}: need one rate per hidden layer ({n}), got {len(rates)}."
+    )
   return rates
 
 
@@ -87,23 +89,33 @@ class MLP(nnx.Module):
       number of per-layer rates / a rate outside ``[0, 1)``.
   """
 
-  def __init__(self, layer_sizes: Sequence[int] = (784, 256, 256, 256, 256, 10),
-               *, dropout_rate: Rate = 0.5, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    layer_sizes: Sequence[int] = (784, 256, 256, 256, 256, 10),
+    *,
+    dropout_rate: Rate = 0.5,
+    rngs: nnx.Rngs,
+  ):
     sizes = [int(s) for s in layer_sizes]
     if len(sizes) < 2 or min(sizes) < 1:
-      raise ValueError(f"layer_sizes must have >= 2 positive entries, got "
-                       f"{tuple(layer_sizes)}.")
+      raise ValueError(
+        f"layer_sizes must have >= 2 positive entries, got "
+        f"{tuple(layer_sizes)}."
+      )
     self.layer_sizes = tuple(sizes)
     n_hidden = len(sizes) - 2
     self.hidden_names = tuple(layer_names(n_hidden))
     rates = _per_layer(dropout_rate, n_hidden, "dropout_rate")
-    init = dict(kernel_init=glorot_uniform,
-                bias_init=nnx.initializers.zeros_init())
+    init = dict(
+      kernel_init=glorot_uniform, bias_init=nnx.initializers.zeros_init()
+    )
     for i, name in enumerate(self.hidden_names):
-      setattr(self, name, nnx.Linear(sizes[i], sizes[i + 1], rngs=rngs,
-                                     **init))
-      setattr(self, "drop_" + name.split("_", 1)[1],
-              djflax.Dropout(rates[i], site=name, rngs=rngs))
+      setattr(self, name, nnx.Linear(sizes[i], sizes[i + 1], rngs=rngs, **init))
+      setattr(
+        self,
+        "drop_" + name.split("_", 1)[1],
+        djflax.Dropout(rates[i], site=name, rngs=rngs),
+      )
     self.output = nnx.Linear(sizes[-2], sizes[-1], rngs=rngs, **init)
 
   def __call__(self, x: Array) -> Array:

@@ -25,12 +25,14 @@ class Checkpoints:
 
   def __init__(self, directory: str, keep: int = 2, async_save: bool = True):
     import orbax.checkpoint as ocp
+
     self._ocp = ocp
     self._mgr = ocp.CheckpointManager(
-        os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save,
-            create=True))
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+      ),
+    )
 
   def latest(self) -> int | None:
     """The newest complete step, or ``None``."""
@@ -45,13 +47,16 @@ class Checkpoints:
     """The arrays saved at ``step``, restored into ``abstract``'s structure,
     shapes, dtypes and shardings (``jax.ShapeDtypeStruct`` leaves)."""
     args = self._ocp.args.Composite(
-        state=self._ocp.args.StandardRestore(abstract))
+      state=self._ocp.args.StandardRestore(abstract)
+    )
     return self._mgr.restore(step, args=args)["state"]
 
   def save(self, step: int, state: Any, meta: dict) -> None:
     """Saves ``state`` and ``meta`` as ``step`` (replacing one of that step)."""
-    args = self._ocp.args.Composite(state=self._ocp.args.StandardSave(state),
-                                    meta=self._ocp.args.JsonSave(meta))
+    args = self._ocp.args.Composite(
+      state=self._ocp.args.StandardSave(state),
+      meta=self._ocp.args.JsonSave(meta),
+    )
     self._mgr.save(step, args=args, force=True)
 
   def close(self) -> None:

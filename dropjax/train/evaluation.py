@@ -42,8 +42,9 @@ def batch_eval_arrays(x, y, batch_size: int):
   return padded(x), padded(y), mask, n
 
 
-def stacked_eval_fn(apply: _sites.Apply, loss: str,
-                    preprocess: Callable | None):
+def stacked_eval_fn(
+  apply: _sites.Apply, loss: str, preprocess: Callable | None
+):
   """``run(params_s, xb, yb, mask, n) -> {"loss": [S], "accuracy": [S]}``.
 
   ``params_s`` carries a leading seed axis; ``xb, yb, mask`` come from
@@ -80,10 +81,17 @@ def stacked_eval_fn(apply: _sites.Apply, loss: str,
   return run
 
 
-def evaluate(apply: _sites.Apply, params, x, y, *,
-             loss: str = "softmax_cross_entropy", batch_size: int = 1000,
-             preprocess: Callable | None = None, stacked: bool = False
-             ) -> dict[str, Array]:
+def evaluate(
+  apply: _sites.Apply,
+  params,
+  x,
+  y,
+  *,
+  loss: str = "softmax_cross_entropy",
+  batch_size: int = 1000,
+  preprocess: Callable | None = None,
+  stacked: bool = False,
+) -> dict[str, Array]:
   """Mean loss and accuracy of a model without dropout, in bounded memory.
 
   Args:
@@ -120,7 +128,8 @@ def evaluate(apply: _sites.Apply, params, x, y, *,
   if not stacked:
     params = jax.tree.map(lambda a: jnp.asarray(a)[None], params)
   out = jax.jit(stacked_eval_fn(apply, loss, preprocess), static_argnums=4)(
-      params, xb, yb, mask, n)
+    params, xb, yb, mask, n
+  )
   if not stacked:
     out = jax.tree.map(lambda a: a[0], out)
   return out
@@ -146,18 +155,27 @@ class ClassifierEvaluator:
     mesh: the mesh (``None``: one device).
   """
 
-  def __init__(self, apply, sets, *, loss: str = "softmax_cross_entropy",
-               preprocess: Callable | None = None, batch_size: int = 1000,
-               mesh=None):
+  def __init__(
+    self,
+    apply,
+    sets,
+    *,
+    loss: str = "softmax_cross_entropy",
+    preprocess: Callable | None = None,
+    batch_size: int = 1000,
+    mesh=None,
+  ):
     from jax.sharding import NamedSharding, PartitionSpec as P
     from dropjax.train import sources as _sources
     from dropjax.train.loop import make_mesh
+
     mesh = mesh if mesh is not None else make_mesh(1)
     _losses.check_loss(loss)
     self._fn = _classifier_eval_cached(apply, loss, preprocess, mesh)
     sh = NamedSharding(mesh, P(None, _sources.DATA_AXIS))
     put = lambda a: jax.make_array_from_callback(  # noqa: E731
-        a.shape, sh, lambda idx: a[idx])
+      a.shape, sh, lambda idx: a[idx]
+    )
     self._sets = {}
     for name, (ex, ey) in sets.items():
       xb, yb, mask, n = batch_eval_arrays(ex, ey, batch_size)
@@ -167,15 +185,22 @@ class ClassifierEvaluator:
     return bool(self._sets)
 
   def __call__(self, params_s) -> dict:
-    return {name: {k: np.asarray(v) for k, v in
-                   self._fn(params_s, xb, yb, m, n).items()}
-            for name, (xb, yb, m, n) in self._sets.items()}
+    return {
+      name: {
+        k: np.asarray(v) for k, v in self._fn(params_s, xb, yb, m, n).items()
+      }
+      for name, (xb, yb, m, n) in self._sets.items()
+    }
 
 
 def _make_classifier_eval(apply, loss, preprocess, mesh):
   from jax.sharding import NamedSharding, PartitionSpec as P
-  return jax.jit(stacked_eval_fn(apply, loss, preprocess), static_argnums=4,
-                 out_shardings=NamedSharding(mesh, P()))
+
+  return jax.jit(
+    stacked_eval_fn(apply, loss, preprocess),
+    static_argnums=4,
+    out_shardings=NamedSharding(mesh, P()),
+  )
 
 
 # --------------------------------------------------- streams (language models)
@@ -195,6 +220,7 @@ class EvalSet(NamedTuple):
     inputs, targets: int32 ``[C, B, T]`` from
       :func:`dropjax.data.text.bptt_batches` of a ``batchify``-ed stream.
   """
+
   inputs: Any
   targets: Any
 
@@ -204,8 +230,9 @@ class EvalSet(NamedTuple):
     return int(np.prod(np.shape(self.targets)))
 
 
-def make_eval_set(ids, batch_size: int, bptt: int,
-                  max_tokens: int | None = None) -> EvalSet:
+def make_eval_set(
+  ids, batch_size: int, bptt: int, max_tokens: int | None = None
+) -> EvalSet:
   """Cuts a 1-D token stream into an :class:`EvalSet`.
 
   Args:
@@ -223,6 +250,7 @@ def make_eval_set(ids, batch_size: int, bptt: int,
     ValueError: if the stream is too short for one chunk.
   """
   from dropjax.data import text as _text
+
   ids = np.asarray(ids)
   if max_tokens is not None:
     ids = ids[:max_tokens]
@@ -240,8 +268,9 @@ def _stream_total(apply, params, inputs, targets, carry0):
     ce = _losses.per_position_loss("softmax_cross_entropy", logits, y)
     return (carry, total + jnp.sum(ce.astype(jnp.float32))), None
 
-  (_, total), _ = jax.lax.scan(body, (carry0, jnp.zeros((), jnp.float32)),
-                               (inputs, targets))
+  (_, total), _ = jax.lax.scan(
+    body, (carry0, jnp.zeros((), jnp.float32)), (inputs, targets)
+  )
   return total
 
 
@@ -249,15 +278,21 @@ def _make_stream_eval(apply, init_carry, batch_size):
   carry0 = init_carry(batch_size)
 
   def run(params_s, inputs, targets):
-    return jax.vmap(
-        lambda p: _stream_total(apply, p, inputs, targets, carry0))(params_s)
+    return jax.vmap(lambda p: _stream_total(apply, p, inputs, targets, carry0))(
+      params_s
+    )
 
   return jax.jit(run)
 
 
-def evaluate_stream(apply: _sites.Apply, params, eval_set: EvalSet,
-                    init_carry: Callable[[int], Any], *,
-                    stacked: bool = False) -> np.ndarray:
+def evaluate_stream(
+  apply: _sites.Apply,
+  params,
+  eval_set: EvalSet,
+  init_carry: Callable[[int], Any],
+  *,
+  stacked: bool = False,
+) -> np.ndarray:
   """Mean cross-entropy (nats per token) of a token stream, without dropout.
 
   The set's ``B`` streams are read in order from a zero state, the state
@@ -276,12 +311,14 @@ def evaluate_stream(apply: _sites.Apply, params, eval_set: EvalSet,
     float64 numpy scalar, or ``[S]`` when ``stacked``. Divide by ``ln 2``
     (:func:`bits_per_token`) for bits per character.
   """
-  fn = _stream_eval_cached(apply, init_carry,
-                           int(np.shape(eval_set.inputs)[1]))
-  p = params if stacked else jax.tree.map(lambda a: jnp.asarray(a)[None],
-                                          params)
-  total = np.asarray(fn(p, jnp.asarray(eval_set.inputs),
-                        jnp.asarray(eval_set.targets)), np.float64)
+  fn = _stream_eval_cached(apply, init_carry, int(np.shape(eval_set.inputs)[1]))
+  p = (
+    params if stacked else jax.tree.map(lambda a: jnp.asarray(a)[None], params)
+  )
+  total = np.asarray(
+    fn(p, jnp.asarray(eval_set.inputs), jnp.asarray(eval_set.targets)),
+    np.float64,
+  )
   out = total / eval_set.num_tokens
   return out if stacked else out[0]
 
@@ -303,8 +340,9 @@ class StreamEvaluator:
   def __call__(self, params_s) -> dict:
     out = {}
     for name, es in self.sets.items():
-      nats = evaluate_stream(self.apply, params_s, es, self.init_carry,
-                             stacked=True)
+      nats = evaluate_stream(
+        self.apply, params_s, es, self.init_carry, stacked=True
+      )
       out[name] = {"loss": nats, "bpc": nats / LN2}
     return out
 

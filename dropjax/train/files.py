@@ -31,8 +31,9 @@ def write_text_atomic(path: str, text: str) -> None:
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                             suffix=".tmp", dir=directory)
+  fd, tmp = tempfile.mkstemp(
+    prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+  )
   try:
     with os.fdopen(fd, "w") as f:
       f.write(text)

@@ -43,11 +43,25 @@ NAN_POLICIES = ("raise", "drop_seed")
 """``on_nan`` choices of :func:`train`."""
 
 __all__ = [
-    "Best", "CHECKPOINT_DIR", "DATA_AXIS", "DATA_TAG", "FAILURE_FILE",
-    "INIT_TAG", "METRICS_FILE", "NAN_POLICIES", "NonFiniteLossError",
-    "STEP_TAG", "SUMMARY_FILE", "TENSORBOARD_DIR", "TrainResult",
-    "clear_compile_cache", "data_keys", "init_seeds", "make_mesh",
-    "seed_keys", "train",
+  "Best",
+  "CHECKPOINT_DIR",
+  "DATA_AXIS",
+  "DATA_TAG",
+  "FAILURE_FILE",
+  "INIT_TAG",
+  "METRICS_FILE",
+  "NAN_POLICIES",
+  "NonFiniteLossError",
+  "STEP_TAG",
+  "SUMMARY_FILE",
+  "TENSORBOARD_DIR",
+  "TrainResult",
+  "clear_compile_cache",
+  "data_keys",
+  "init_seeds",
+  "make_mesh",
+  "seed_keys",
+  "train",
 ]
 
 
@@ -66,23 +80,34 @@ class NonFiniteLossError(FloatingPointError):
     history: the evaluation records written before the failure.
   """
 
-  def __init__(self, run_name: str, failures: dict[int, int],
-               metrics: dict[int, dict], history: list[dict]):
+  def __init__(
+    self,
+    run_name: str,
+    failures: dict[int, int],
+    metrics: dict[int, dict],
+    history: list[dict],
+  ):
     self.run_name = run_name
     self.failures = dict(failures)
     self.metrics = metrics
     self.history = history
-    parts = [f"seed {s} at step {t} ({_fmt_metrics(metrics[s])})"
-             for s, t in sorted(self.failures.items())]
+    parts = [
+      f"seed {s} at step {t} ({_fmt_metrics(metrics[s])})"
+      for s, t in sorted(self.failures.items())
+    ]
     super().__init__(
-        f"run {run_name!r}: non-finite loss or gradient: {'; '.join(parts)}. "
-        "Training stopped; the metrics and checkpoints written before this "
-        "chunk are kept.")
+      f"run {run_name!r}: non-finite loss or gradient: {'; '.join(parts)}. "
+      "Training stopped; the metrics and checkpoints written before this "
+      "chunk are kept."
+    )
 
 
 def _fmt_metrics(m: dict) -> str:
-  return ", ".join(f"{k}={v:.4g}" for k, v in m.items()
-                   if k in ("loss", "data_loss", "grad_norm"))
+  return ", ".join(
+    f"{k}={v:.4g}"
+    for k, v in m.items()
+    if k in ("loss", "data_loss", "grad_norm")
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +120,7 @@ class Best:
     mode: ``"min"`` or ``"max"``; ``None`` picks ``"max"`` for accuracy and
       ``"min"`` otherwise.
   """
+
   split: str
   metric: str = "loss"
   mode: str | None = None
@@ -130,6 +156,7 @@ class TrainResult:
     best_value: with ``keep_best``: ``{seed: value}`` of the selecting
       metric at ``best_step`` (``None`` if never finite).
   """
+
   state: TrainState
   history: list[dict]
   seeds: tuple[int, ...]
@@ -160,8 +187,9 @@ def make_mesh(devices: Sequence[Any] | int | None = None) -> Mesh:
     devices = jax.devices()
   elif isinstance(devices, int):
     if not 1 <= devices <= jax.device_count():
-      raise ValueError(f"asked for {devices} devices; "
-                       f"{jax.device_count()} exist.")
+      raise ValueError(
+        f"asked for {devices} devices; {jax.device_count()} exist."
+      )
     devices = jax.devices()[:devices]
   devices = list(devices)
   if not devices:
@@ -224,7 +252,8 @@ def _jitted_chunk(objective, optimizer, spec, hook, mesh, n_steps):
       batch, src = spec.next(src, data, dkeys, t, mesh)
       ks = jax.vmap(lambda k: jax.random.fold_in(k, t))(step_keys)
       states, metrics, model_aux = jax.vmap(
-          step_fn, in_axes=(0, spec.batch_in_axes, 0))(states, batch, ks)
+        step_fn, in_axes=(0, spec.batch_in_axes, 0)
+      )(states, batch, ks)
       src = spec.update(src, model_aux)
       return (states, src), metrics
 
@@ -232,30 +261,35 @@ def _jitted_chunk(objective, optimizer, spec, hook, mesh, n_steps):
     (states, src), metrics = jax.lax.scan(body, (states, src), ts)
     return states, src, metrics
 
-  return jax.jit(chunk, donate_argnums=(0, 1),
-                 out_shardings=NamedSharding(mesh, P()))
+  return jax.jit(
+    chunk, donate_argnums=(0, 1), out_shardings=NamedSharding(mesh, P())
+  )
 
 
 @_cached
 def _jitted_keys(mesh):
   """``uint32 seeds [S] -> typed keys [S]``, replicated over ``mesh``."""
-  return jax.jit(jax.vmap(jax.random.key),
-                 out_shardings=NamedSharding(mesh, P()))
+  return jax.jit(
+    jax.vmap(jax.random.key), out_shardings=NamedSharding(mesh, P())
+  )
 
 
 @_cached
 def _jitted_init_params(init_params, mesh):
   def init(keys):
-    return jax.vmap(
-        lambda k: init_params(jax.random.fold_in(k, INIT_TAG)))(keys)
+    return jax.vmap(lambda k: init_params(jax.random.fold_in(k, INIT_TAG)))(
+      keys
+    )
 
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))
 
 
 @_cached
 def _jitted_init_state(optimizer, mesh):
-  return jax.jit(jax.vmap(lambda p: init_state(p, optimizer)),
-                 out_shardings=NamedSharding(mesh, P()))
+  return jax.jit(
+    jax.vmap(lambda p: init_state(p, optimizer)),
+    out_shardings=NamedSharding(mesh, P()),
+  )
 
 
 def init_seeds(init_params: Callable[[Array], Any], seeds: Sequence[int]):
@@ -271,11 +305,13 @@ def init_seeds(init_params: Callable[[Array], Any], seeds: Sequence[int]):
 
 def _check_stacked(params, n_seeds):
   leaves = jax.tree.leaves(params)
-  if not leaves or any(np.ndim(l) < 1 or np.shape(l)[0] != n_seeds
-                       for l in leaves):
+  if not leaves or any(
+    np.ndim(l) < 1 or np.shape(l)[0] != n_seeds for l in leaves
+  ):
     raise ValueError(
-        "init_params must be a callable init(key) -> params or a pytree "
-        f"whose leaves all have a leading seed axis of size {n_seeds}.")
+      "init_params must be a callable init(key) -> params or a pytree "
+      f"whose leaves all have a leading seed axis of size {n_seeds}."
+    )
   return params
 
 
@@ -305,8 +341,10 @@ class _Means:
     return out
 
   def to_json(self) -> dict:
-    return {"sums": {k: v.tolist() for k, v in self.sums.items()},
-            "count": self.count}
+    return {
+      "sums": {k: v.tolist() for k, v in self.sums.items()},
+      "count": self.count,
+    }
 
 
 def _first_bad(metrics: dict, start: int, seeds, skip=()) -> dict:
@@ -325,8 +363,10 @@ def _select(mask, new, old):
   """Per seed (leading axis), ``new`` where ``mask`` else ``old``."""
   mask = jnp.asarray(mask)
   return jax.tree.map(
-      lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
-      new, old)
+    lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
+    new,
+    old,
+  )
 
 
 def _progress_bar(enabled: bool, total: int, initial: int, desc: str):
@@ -336,33 +376,46 @@ def _progress_bar(enabled: bool, total: int, initial: int, desc: str):
     from tqdm.auto import tqdm
   except ImportError:
     return None
-  return tqdm(total=total, initial=initial, desc=desc, unit="step",
-              dynamic_ncols=True)
+  return tqdm(
+    total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True
+  )
 
 
 # -------------------------------------------------------------------- train
 
 
-def train(apply: _sites.Apply, objective: Objective,
-          optimizer: optax.GradientTransformation,
-          init_params: Callable[[Array], Any] | Any,
-          train_data: Batch | _sources.Source, *,
-          steps: int, batch_size: int = 128, seeds: Sequence[int] = (0,),
-          chunk_size: int = 100,
-          eval_data: Mapping[str, Batch] | Callable[[Any], dict] | None = None,
-          eval_every: int = 1, eval_at_start: bool = False,
-          eval_batch_size: int = 1000, loss: str = "softmax_cross_entropy",
-          preprocess: Callable[[Any, Any], Batch] | None = None,
-          hook: Hook | None = None, on_nan: str = "raise",
-          keep_best: Best | tuple[str, str] | None = None,
-          run_dir: str | None = None, run_name: str = "run",
-          checkpoint_every: int = 1, keep_checkpoints: int = 2,
-          async_checkpoints: bool = True, resume: bool = True,
-          writers: Sequence[_writers.MetricWriter] = (),
-          tensorboard: bool = False,
-          devices: Sequence[Any] | int | None = None,
-          progress: bool = True,
-          callback: Callable[[dict], None] | None = None) -> TrainResult:
+def train(
+  apply: _sites.Apply,
+  objective: Objective,
+  optimizer: optax.GradientTransformation,
+  init_params: Callable[[Array], Any] | Any,
+  train_data: Batch | _sources.Source,
+  *,
+  steps: int,
+  batch_size: int = 128,
+  seeds: Sequence[int] = (0,),
+  chunk_size: int = 100,
+  eval_data: Mapping[str, Batch] | Callable[[Any], dict] | None = None,
+  eval_every: int = 1,
+  eval_at_start: bool = False,
+  eval_batch_size: int = 1000,
+  loss: str = "softmax_cross_entropy",
+  preprocess: Callable[[Any, Any], Batch] | None = None,
+  hook: Hook | None = None,
+  on_nan: str = "raise",
+  keep_best: Best | tuple[str, str] | None = None,
+  run_dir: str | None = None,
+  run_name: str = "run",
+  checkpoint_every: int = 1,
+  keep_checkpoints: int = 2,
+  async_checkpoints: bool = True,
+  resume: bool = True,
+  writers: Sequence[_writers.MetricWriter] = (),
+  tensorboard: bool = False,
+  devices: Sequence[Any] | int | None = None,
+  progress: bool = True,
+  callback: Callable[[dict], None] | None = None,
+) -> TrainResult:
   """Trains ``S`` seeds of one model under one objective.
 
   The loop runs ``ceil(steps / chunk_size)`` chunks; each chunk is one call of
@@ -488,11 +541,13 @@ def train(apply: _sites.Apply, objective: Objective,
   seeds = _check_seeds(seeds)
   _losses.check_loss(loss)
   if on_nan not in NAN_POLICIES:
-    raise ValueError(f"unknown on_nan {on_nan!r}; valid: "
-                     f"{', '.join(NAN_POLICIES)}.")
+    raise ValueError(
+      f"unknown on_nan {on_nan!r}; valid: {', '.join(NAN_POLICIES)}."
+    )
   if steps < 1 or chunk_size < 1 or eval_every < 1 or checkpoint_every < 0:
-    raise ValueError("steps, chunk_size and eval_every must be >= 1 and "
-                     "checkpoint_every >= 0.")
+    raise ValueError(
+      "steps, chunk_size and eval_every must be >= 1 and checkpoint_every >= 0."
+    )
   if isinstance(train_data, _sources.Source):
     source = train_data
   else:
@@ -501,11 +556,15 @@ def train(apply: _sites.Apply, objective: Objective,
   mesh = make_mesh(devices)
   n_dev = mesh.devices.size
   if isinstance(spec, _sources.RandomBatches) and spec.batch_size % n_dev:
-    raise ValueError(f"batch_size ({spec.batch_size}) must be divisible by "
-                     f"the number of devices ({n_dev}).")
+    raise ValueError(
+      f"batch_size ({spec.batch_size}) must be divisible by "
+      f"the number of devices ({n_dev})."
+    )
   if isinstance(spec, _sources.BPTTStream) and spec.shape[1] % n_dev:
-    raise ValueError(f"the number of streams ({spec.shape[1]}) must be "
-                     f"divisible by the number of devices ({n_dev}).")
+    raise ValueError(
+      f"the number of streams ({spec.shape[1]}) must be "
+      f"divisible by the number of devices ({n_dev})."
+    )
   if isinstance(keep_best, tuple):
     keep_best = Best(*keep_best)
   steps_per_epoch = spec.steps_per_epoch
@@ -518,11 +577,18 @@ def train(apply: _sites.Apply, objective: Objective,
     evaluator = eval_data
   else:
     if eval_data and eval_batch_size % n_dev:
-      raise ValueError(f"eval_batch_size ({eval_batch_size}) must be "
-                       f"divisible by the number of devices ({n_dev}).")
+      raise ValueError(
+        f"eval_batch_size ({eval_batch_size}) must be "
+        f"divisible by the number of devices ({n_dev})."
+      )
     evaluator = _evaluation.ClassifierEvaluator(
-        apply, eval_data, loss=loss, preprocess=preprocess,
-        batch_size=eval_batch_size, mesh=mesh)
+      apply,
+      eval_data,
+      loss=loss,
+      preprocess=preprocess,
+      batch_size=eval_batch_size,
+      mesh=mesh,
+    )
   if evaluator is not None and not evaluator:
     evaluator = None
   if keep_best is not None and evaluator is None:
@@ -535,10 +601,13 @@ def train(apply: _sites.Apply, objective: Objective,
     params0 = _jitted_init_params(init_params, mesh)(keys)
   else:  # a fresh replicated copy: the caller's arrays are never donated
     params0 = jax.tree.map(
-        lambda a: (jax.device_put(a, replicated, may_alias=False)
-                   if isinstance(a, jax.Array)
-                   else _sources.put_replicated(a, mesh)),
-        _check_stacked(init_params, len(seeds)))
+      lambda a: (
+        jax.device_put(a, replicated, may_alias=False)
+        if isinstance(a, jax.Array)
+        else _sources.put_replicated(a, mesh)
+      ),
+      _check_stacked(init_params, len(seeds)),
+    )
   init_all = _jitted_init_state(optimizer, mesh)
 
   jsonl = None
@@ -546,19 +615,22 @@ def train(apply: _sites.Apply, objective: Objective,
     run_dir = os.fspath(run_dir)
     if is_main:
       os.makedirs(run_dir, exist_ok=True)
-    jsonl = _writers.JsonlWriter(os.path.join(run_dir, METRICS_FILE),
-                                 enabled=is_main)
+    jsonl = _writers.JsonlWriter(
+      os.path.join(run_dir, METRICS_FILE), enabled=is_main
+    )
   extra_writers = list(writers)
   if tensorboard:
     if run_dir is None:
       raise ValueError("tensorboard=True needs a run_dir.")
     if is_main:
-      extra_writers.append(_writers.TensorBoardWriter(
-          os.path.join(run_dir, TENSORBOARD_DIR)))
+      extra_writers.append(
+        _writers.TensorBoardWriter(os.path.join(run_dir, TENSORBOARD_DIR))
+      )
   ckpt = None
   if run_dir is not None and (checkpoint_every or resume):
-    ckpt = Checkpoints(os.path.join(run_dir, CHECKPOINT_DIR),
-                       keep_checkpoints, async_checkpoints)
+    ckpt = Checkpoints(
+      os.path.join(run_dir, CHECKPOINT_DIR), keep_checkpoints, async_checkpoints
+    )
   meta_fixed = {"run_name": run_name, "seeds": list(seeds), **spec.meta()}
 
   bar = None
@@ -575,17 +647,21 @@ def train(apply: _sites.Apply, objective: Objective,
       for k, v in meta_fixed.items():
         if meta.get(k) != v:
           raise ValueError(
-              f"checkpoint in {run_dir} has {k}={meta.get(k)!r}, this run "
-              f"has {v!r}; use another run_dir or resume=False.")
+            f"checkpoint in {run_dir} has {k}={meta.get(k)!r}, this run "
+            f"has {v!r}; use another run_dir or resume=False."
+          )
       if int(meta["step"]) > steps:
-        raise ValueError(f"checkpoint in {run_dir} is at step "
-                         f"{meta['step']}, beyond steps={steps}.")
+        raise ValueError(
+          f"checkpoint in {run_dir} is at step "
+          f"{meta['step']}, beyond steps={steps}."
+        )
       tree0 = {"state": state0, "source": src0}
       if keep_best is not None:
         tree0["best"] = state0.params
       abstract = jax.tree.map(
-          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                         sharding=replicated), tree0)
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+        tree0,
+      )
       del tree0, state0, src0
       restored = ckpt.state(latest, abstract)
       state, src = restored["state"], restored["source"]
@@ -599,8 +675,9 @@ def train(apply: _sites.Apply, objective: Objective,
         best_step = {int(s): int(t) for s, t in meta["best_step"].items()}
     else:
       state, src = state0, src0
-      best_params = (jax.tree.map(jnp.copy, state.params)
-                     if keep_best is not None else None)
+      best_params = (
+        jax.tree.map(jnp.copy, state.params) if keep_best is not None else None
+      )
       del state0, src0
     del params0
     resumed_from = start
@@ -609,8 +686,11 @@ def train(apply: _sites.Apply, objective: Objective,
       # Records after the checkpoint we resume from (all of them for a
       # fresh run) are dropped; they are redone identically.
       history = jsonl.start(start if latest is not None else None)
-      if is_main and os.path.exists(os.path.join(run_dir, FAILURE_FILE)) \
-          and not failures:
+      if (
+        is_main
+        and os.path.exists(os.path.join(run_dir, FAILURE_FILE))
+        and not failures
+      ):
         os.unlink(os.path.join(run_dir, FAILURE_FILE))
     for w in extra_writers:
       w.start(start)
@@ -624,17 +704,26 @@ def train(apply: _sites.Apply, objective: Objective,
       if evaluator is not None:
         ok = ok_mask()
         for name, metrics in evaluator(params).items():
-          ev[name] = {k: np.where(ok, np.asarray(v, np.float64), np.nan
-                                  ).tolist() if failures
-                      else np.asarray(v).tolist()
-                      for k, v in metrics.items()}
-      rec = {"run": run_name, "step": int(step),
-             "epoch": step / steps_per_epoch, "seeds": list(seeds),
-             "train_seconds": seconds, "train": train_means, "eval": ev}
+          ev[name] = {
+            k: np.where(ok, np.asarray(v, np.float64), np.nan).tolist()
+            if failures
+            else np.asarray(v).tolist()
+            for k, v in metrics.items()
+          }
+      rec = {
+        "run": run_name,
+        "step": int(step),
+        "epoch": step / steps_per_epoch,
+        "seeds": list(seeds),
+        "train_seconds": seconds,
+        "train": train_means,
+        "eval": ev,
+      }
       if keep_best is not None:
         vals = np.asarray(ev[keep_best.split][keep_best.metric], np.float64)
-        better = ok_mask() & ((vals > best_value) if maximise
-                              else (vals < best_value))
+        better = ok_mask() & (
+          (vals > best_value) if maximise else (vals < best_value)
+        )
         if better.any():
           best_params = _select(better, params, best_params)
           best_value = np.where(better, vals, best_value)
@@ -650,11 +739,17 @@ def train(apply: _sites.Apply, objective: Objective,
 
     def fail_file():
       if run_dir is not None and is_main:
-        _files.write_json_atomic(os.path.join(run_dir, FAILURE_FILE), {
-            "run": run_name, "seeds": list(seeds), "policy": on_nan,
+        _files.write_json_atomic(
+          os.path.join(run_dir, FAILURE_FILE),
+          {
+            "run": run_name,
+            "seeds": list(seeds),
+            "policy": on_nan,
             "failures": {str(s): f["step"] for s, f in failures.items()},
             "metrics": {str(s): f["metrics"] for s, f in failures.items()},
-            "messages": {str(s): f["message"] for s, f in failures.items()}})
+            "messages": {str(s): f["message"] for s, f in failures.items()},
+          },
+        )
 
     bar = _progress_bar(progress and is_main, steps, start, run_name)
 
@@ -672,16 +767,24 @@ def train(apply: _sites.Apply, objective: Objective,
       t_train += time.perf_counter() - t0
       new_bad = _first_bad(metrics, start, seeds, skip=failures)
       if new_bad and on_nan == "raise":
-        failures.update({s: {"step": t, "metrics": m,
-                             "message": f"seed {s} at step {t}"}
-                         for s, (t, m) in new_bad.items()})
+        failures.update(
+          {
+            s: {"step": t, "metrics": m, "message": f"seed {s} at step {t}"}
+            for s, (t, m) in new_bad.items()
+          }
+        )
         raise NonFiniteLossError(
-            run_name, {s: t for s, (t, _) in new_bad.items()},
-            {s: m for s, (_, m) in new_bad.items()}, list(history))
+          run_name,
+          {s: t for s, (t, _) in new_bad.items()},
+          {s: m for s, (_, m) in new_bad.items()},
+          list(history),
+        )
       for s, (t, m) in new_bad.items():
-        msg = (f"run {run_name!r}, seed {s}: non-finite loss or gradient at "
-               f"step {t} ({_fmt_metrics(m)}); this seed is stopped, the "
-               "others continue.")
+        msg = (
+          f"run {run_name!r}, seed {s}: non-finite loss or gradient at "
+          f"step {t} ({_fmt_metrics(m)}); this seed is stopped, the "
+          "others continue."
+        )
         failures[s] = {"step": t, "metrics": m, "message": msg}
         print(msg, file=sys.stderr, flush=True)
       if new_bad:
@@ -695,11 +798,17 @@ def train(apply: _sites.Apply, objective: Objective,
       if last or chunk_idx % eval_every == 0:
         rec = record(start, means.pop(), seconds, state.params)
       if ckpt is not None and (
-          last or (checkpoint_every and chunk_idx % checkpoint_every == 0)):
+        last or (checkpoint_every and chunk_idx % checkpoint_every == 0)
+      ):
         tree = {"state": state, "source": src}
-        meta = dict(meta_fixed, step=start, steps=steps,
-                    means=means.to_json(), train_seconds=seconds,
-                    failures={str(s): f for s, f in failures.items()})
+        meta = dict(
+          meta_fixed,
+          step=start,
+          steps=steps,
+          means=means.to_json(),
+          train_seconds=seconds,
+          failures={str(s): f for s, f in failures.items()},
+        )
         if keep_best is not None:
           tree["best"] = best_params
           meta["best_value"] = best_value.tolist()
@@ -715,9 +824,15 @@ def train(apply: _sites.Apply, objective: Objective,
         bar.set_postfix(post, refresh=False)
         bar.update(n)
       if callback is not None:
-        callback({"step": start, "chunk": chunk_idx,
-                  "train": {k: v.tolist() for k, v in metrics.items()},
-                  "record": rec, "state": state})
+        callback(
+          {
+            "step": start,
+            "chunk": chunk_idx,
+            "train": {k: v.tolist() for k, v in metrics.items()},
+            "record": rec,
+            "state": state,
+          }
+        )
   except NonFiniteLossError:
     fail_file()
     raise
@@ -731,20 +846,39 @@ def train(apply: _sites.Apply, objective: Objective,
 
   total_seconds = seconds_before + t_train
   if run_dir is not None and is_main:
-    _files.write_json_atomic(os.path.join(run_dir, SUMMARY_FILE), {
-        "run": run_name, "seeds": list(seeds), "steps": steps,
-        **spec.meta(), "devices": n_dev, "train_seconds": total_seconds,
+    _files.write_json_atomic(
+      os.path.join(run_dir, SUMMARY_FILE),
+      {
+        "run": run_name,
+        "seeds": list(seeds),
+        "steps": steps,
+        **spec.meta(),
+        "devices": n_dev,
+        "train_seconds": total_seconds,
         "failures": {str(s): f for s, f in failures.items()},
-        "best_step": ({str(s): t for s, t in best_step.items()}
-                      if keep_best is not None else None),
-        "final": history[-1] if history else None})
+        "best_step": (
+          {str(s): t for s, t in best_step.items()}
+          if keep_best is not None
+          else None
+        ),
+        "final": history[-1] if history else None,
+      },
+    )
   best_vals = None
   if keep_best is not None:
-    best_vals = {s: (float(v) if np.isfinite(v) else None)
-                 for s, v in zip(seeds, best_value)}
-  return TrainResult(state=state, history=history, seeds=seeds,
-                     run_dir=run_dir, resumed_from=resumed_from,
-                     train_seconds=total_seconds, failures=failures,
-                     best_params=best_params,
-                     best_step=best_step if keep_best is not None else None,
-                     best_value=best_vals)
+    best_vals = {
+      s: (float(v) if np.isfinite(v) else None)
+      for s, v in zip(seeds, best_value)
+    }
+  return TrainResult(
+    state=state,
+    history=history,
+    seeds=seeds,
+    run_dir=run_dir,
+    resumed_from=resumed_from,
+    train_seconds=total_seconds,
+    failures=failures,
+    best_params=best_params,
+    best_step=best_step if keep_best is not None else None,
+    best_value=best_vals,
+  )

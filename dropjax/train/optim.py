@@ -9,12 +9,18 @@ import optax
 from dropjax.tree import kernel_mask
 
 
-def make_optimizer(name: str = "adam",
-                   learning_rate: float | optax.Schedule = 1e-3, *,
-                   momentum: float = 0.9, nesterov: bool = False,
-                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   weight_decay: float = 0.0, clip_norm: float | None = None
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+  name: str = "adam",
+  learning_rate: float | optax.Schedule = 1e-3,
+  *,
+  momentum: float = 0.9,
+  nesterov: bool = False,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 0.0,
+  clip_norm: float | None = None,
+) -> optax.GradientTransformation:
   """Adam or SGD(+momentum) as an optax chain.
 
   The chain is ``[clip_by_global_norm] -> preconditioner -> [decoupled weight
@@ -45,10 +51,15 @@ def make_optimizer(name: str = "adam",
   """
   if name not in ("adam", "sgd"):
     raise ValueError(f"unknown optimizer {name!r}; valid: 'adam', 'sgd'.")
-  if weight_decay < 0 or momentum < 0 or (clip_norm is not None
-                                          and clip_norm <= 0):
-    raise ValueError("weight_decay and momentum must be >= 0 and clip_norm "
-                     f"> 0; got {weight_decay}, {momentum}, {clip_norm}.")
+  if (
+    weight_decay < 0
+    or momentum < 0
+    or (clip_norm is not None and clip_norm <= 0)
+  ):
+    raise ValueError(
+      "weight_decay and momentum must be >= 0 and clip_norm "
+      f"> 0; got {weight_decay}, {momentum}, {clip_norm}."
+    )
   parts = []
   if clip_norm is not None:
     parts.append(optax.clip_by_global_norm(clip_norm))

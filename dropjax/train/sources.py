@@ -62,8 +62,11 @@ def epoch_permutations(data_keys: Array, epoch, n: int) -> Array:
 
   ``data_keys`` are the seeds' ``fold_in(key(s), DATA_TAG)`` keys ``[S]``.
   """
-  return jax.vmap(lambda dk: jax.random.permutation(
-      jax.random.fold_in(dk, epoch), n).astype(jnp.int32))(data_keys)
+  return jax.vmap(
+    lambda dk: jax.random.permutation(jax.random.fold_in(dk, epoch), n).astype(
+      jnp.int32
+    )
+  )(data_keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +85,7 @@ class RandomBatches:
     preprocess: ``(x, y) -> (x, y)`` applied inside jit to one seed's batch
       (e.g. uint8 to float32), or ``None``.
   """
+
   n: int
   batch_size: int
   preprocess: Callable[[Any, Any], tuple] | None = None
@@ -101,20 +105,25 @@ class RandomBatches:
 
   def init(self, keys: Array, start) -> Array:
     from dropjax.train.loop import data_keys as _data_keys
-    return epoch_permutations(_data_keys(keys), start // self.steps_per_epoch,
-                              self.n)
+
+    return epoch_permutations(
+      _data_keys(keys), start // self.steps_per_epoch, self.n
+    )
 
   def next(self, perms, data, data_keys, t, mesh: Mesh):
     x, y = data
     spe, bs = self.steps_per_epoch, self.batch_size
     pos = (t % spe) * bs
     perms = jax.lax.cond(
-        pos == 0, lambda: epoch_permutations(data_keys, t // spe, self.n),
-        lambda: perms)
+      pos == 0,
+      lambda: epoch_permutations(data_keys, t // spe, self.n),
+      lambda: perms,
+    )
     n_seeds = data_keys.shape[0]
     idx = jax.lax.dynamic_slice(perms, (0, pos), (n_seeds, bs))
     idx = jax.lax.with_sharding_constraint(
-        idx, NamedSharding(mesh, P(None, DATA_AXIS)))
+      idx, NamedSharding(mesh, P(None, DATA_AXIS))
+    )
     xb, yb = x[idx], y[idx]  # [S, B, ...], batch axis sharded
     if self.preprocess is not None:
       xb, yb = jax.vmap(self.preprocess)(xb, yb)
@@ -145,6 +154,7 @@ class BPTTStream:
     init_carry: ``init_carry(batch_size) -> carry`` (zeros), e.g.
       :meth:`dropjax.models.lstm.LSTMLanguageModel.initial_carry`.
   """
+
   shape: tuple[int, int, int]
   init_carry: Callable[[int], Any]
 
@@ -159,13 +169,16 @@ class BPTTStream:
 
   def device_data(self, arrays, mesh: Mesh):
     inputs, targets = arrays
-    return (put_replicated(np.asarray(inputs, np.int32), mesh),
-            put_replicated(np.asarray(targets, np.int32), mesh))
+    return (
+      put_replicated(np.asarray(inputs, np.int32), mesh),
+      put_replicated(np.asarray(targets, np.int32), mesh),
+    )
 
   def _zeros(self, n_seeds: int):
     carry = self.init_carry(self.shape[1])
     return jax.tree.map(
-        lambda c: jnp.broadcast_to(c, (n_seeds,) + c.shape), carry)
+      lambda c: jnp.broadcast_to(c, (n_seeds,) + c.shape), carry
+    )
 
   def init(self, keys: Array, start) -> Any:
     del start  # a resumed run restores its carry from the checkpoint
@@ -189,12 +202,14 @@ class BPTTStream:
 class Source(NamedTuple):
   """A batch source and its host arrays: what :func:`dropjax.train.train`
   accepts as ``train_data`` besides a plain ``(x, y)`` pair."""
+
   spec: Any
   arrays: Any
 
 
-def random_batches(x, y, batch_size: int,
-                   preprocess: Callable | None = None) -> Source:
+def random_batches(
+  x, y, batch_size: int, preprocess: Callable | None = None
+) -> Source:
   """:class:`RandomBatches` over ``(x, y)``.
 
   Raises:
@@ -217,7 +232,11 @@ def bptt_stream(inputs, targets, init_carry: Callable[[int], Any]) -> Source:
   """
   inputs, targets = np.asarray(inputs), np.asarray(targets)
   if inputs.ndim != 3 or inputs.shape != targets.shape:
-    raise ValueError("inputs and targets must both be [C, B, T], got "
-                     f"{inputs.shape} and {targets.shape}.")
-  return Source(BPTTStream(tuple(int(d) for d in inputs.shape), init_carry),
-                (inputs.astype(np.int32), targets.astype(np.int32)))
+    raise ValueError(
+      "inputs and targets must both be [C, B, T], got "
+      f"{inputs.shape} and {targets.shape}."
+    )
+  return Source(
+    BPTTStream(tuple(int(d) for d in inputs.shape), init_carry),
+    (inputs.astype(np.int32), targets.astype(np.int32)),
+  )

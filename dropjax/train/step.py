@@ -24,6 +24,7 @@ class TrainState(NamedTuple):
   In :func:`dropjax.train.train` every leaf has a leading seed axis
   ``[S, ...]``.
   """
+
   params: Any
   opt_state: Any
   step: Array
@@ -34,10 +35,9 @@ def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
   return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
-def make_train_step(objective: Objective,
-                    optimizer: optax.GradientTransformation
-                    ) -> Callable[[TrainState, Batch, Array],
-                                  tuple[TrainState, dict]]:
+def make_train_step(
+  objective: Objective, optimizer: optax.GradientTransformation
+) -> Callable[[TrainState, Batch, Array], tuple[TrainState, dict]]:
   """One update of a dropjax objective, as a pure function.
 
   Args:
@@ -78,8 +78,9 @@ def make_train_step(objective: Objective,
   return step_without_aux
 
 
-def make_train_step_with_aux(objective: Objective,
-                             optimizer: optax.GradientTransformation):
+def make_train_step_with_aux(
+  objective: Objective, optimizer: optax.GradientTransformation
+):
   """:func:`make_train_step` that also returns the objective's
   ``aux.get("model_aux")`` (e.g. a recurrent model's new carry, ``None``
   when absent): ``step(state, batch, key) -> (state, metrics, model_aux)``."""
@@ -87,15 +88,17 @@ def make_train_step_with_aux(objective: Objective,
 
   def step(state: TrainState, batch: Batch, key: Array):
     (loss, aux), grads = grad_fn(state.params, batch, key)
-    updates, opt_state = optimizer.update(grads, state.opt_state,
-                                          state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss}
     for k, v in aux.items():
       if k != "model_aux" and jnp.ndim(v) == 0:
         metrics[k] = v
     metrics["grad_norm"] = optax.tree.norm(grads)
-    return (TrainState(params, opt_state, state.step + 1), metrics,
-            aux.get("model_aux"))
+    return (
+      TrainState(params, opt_state, state.step + 1),
+      metrics,
+      aux.get("model_aux"),
+    )
 
   return step

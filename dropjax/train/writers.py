@@ -50,8 +50,9 @@ class JsonlWriter:
     fresh run keeps none)."""
     if resume_step is None:
       return []
-    return [r for r in _files.read_jsonl(self.path)
-            if r.get("step", 0) <= resume_step]
+    return [
+      r for r in _files.read_jsonl(self.path) if r.get("step", 0) <= resume_step
+    ]
 
   def start(self, resume_step: int | None) -> list[dict]:
     history = self.kept(resume_step)
@@ -75,8 +76,9 @@ class TensorBoardWriter:
     try:
       from tensorboardX import SummaryWriter
     except ImportError as e:  # pragma: no cover - depends on the install
-      raise ImportError("TensorBoardWriter needs tensorboardX "
-                        "(pip install tensorboardX).") from e
+      raise ImportError(
+        "TensorBoardWriter needs tensorboardX (pip install tensorboardX)."
+      ) from e
     self._writer = SummaryWriter(os.fspath(logdir))
 
   def start(self, resume_step: int | None) -> None:

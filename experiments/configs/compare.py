@@ -31,43 +31,51 @@ def _default() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "fashion_mnist"     # or "idx:/dir", "tfds:mnist", ...
-  c.data.data_dir = ""                # "" = the source's default location
+  c.data.source = "fashion_mnist"  # or "idx:/dir", "tfds:mnist", ...
+  c.data.data_dir = ""  # "" = the source's default location
   c.data.validation_size = 5000
-  c.data.split_seed = 0               # the validation hold-out and subsets
-  c.data.train_eval_size = 5000       # training examples evaluated for the gap
+  c.data.split_seed = 0  # the validation hold-out and subsets
+  c.data.train_eval_size = 5000  # training examples evaluated for the gap
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"
   c.model.layer_sizes = (784, 256, 256, 256, 256, 10)
 
-  c.rate = 0.5                        # drop rate q at every hidden site
-  c.k = 8                             # DROPOUT_k
-  c.estimator = "sampled_label"       # explicit-regularizer estimator
-  c.explicit_scale = 1.0              # 1 = Taylor-faithful q/(2(1-q))
-  c.implicit_scale = 1.0              # 1 = DROPOUT_1's noise covariance
-  c.l2 = 5e-5                         # L2 regimen: coef * sum(w^2) (kernels)
-  c.regimens = ("none", "dropout", "dropout_k", "dropout_k_fix_noise",
-                "dropout_k_implicit", "explicit", "explicit_implicit", "l2")
+  c.rate = 0.5  # drop rate q at every hidden site
+  c.k = 8  # DROPOUT_k
+  c.estimator = "sampled_label"  # explicit-regularizer estimator
+  c.explicit_scale = 1.0  # 1 = Taylor-faithful q/(2(1-q))
+  c.implicit_scale = 1.0  # 1 = DROPOUT_1's noise covariance
+  c.l2 = 5e-5  # L2 regimen: coef * sum(w^2) (kernels)
+  c.regimens = (
+    "none",
+    "dropout",
+    "dropout_k",
+    "dropout_k_fix_noise",
+    "dropout_k_implicit",
+    "explicit",
+    "explicit_implicit",
+    "l2",
+  )
   c.seeds = (0, 1, 2)
 
   c.optimizer = "adam"
   c.learning_rate = 1e-3
   c.batch_size = 128
-  c.chunk_size = 100                  # steps per jit call (one scan)
+  c.chunk_size = 100  # steps per jit call (one scan)
 
   # Settings: "full" uses every training example; "small" a seeded subset.
   c.settings = ("full", "small")
   c.full = ml_collections.ConfigDict()
-  c.full.train_size = 0               # 0 = all 55k
-  c.full.steps = 1200                 # ~2.8 epochs
-  c.full.eval_every = 3               # chunks between evaluations
+  c.full.train_size = 0  # 0 = all 55k
+  c.full.steps = 1200  # ~2.8 epochs
+  c.full.eval_every = 3  # chunks between evaluations
   c.small = ml_collections.ConfigDict()
   c.small.train_size = 5000
-  c.small.steps = 1000                # ~26 epochs
+  c.small.steps = 1000  # ~26 epochs
   c.small.eval_every = 2
 
-  c.devices = 0                       # 0 = all local devices
+  c.devices = 0  # 0 = all local devices
   c.progress = True
   return c
 
@@ -101,6 +109,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     ValueError: an unknown variant (the message lists the valid ones).
   """
   if variant not in VARIANTS:
-    raise ValueError(f"unknown config variant {variant!r}; valid: "
-                     f"{', '.join(VARIANTS)}.")
+    raise ValueError(
+      f"unknown config variant {variant!r}; valid: {', '.join(VARIANTS)}."
+    )
   return VARIANTS[variant]()

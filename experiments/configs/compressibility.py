@@ -45,18 +45,26 @@ numbers mean nothing.
 
 import ml_collections
 
-CONDITIONS = ("control", "dropout", "explicit_implicit", "explicit", "l1",
-              "l2", "targeted_weight", "targeted_unit")
+CONDITIONS = (
+  "control",
+  "dropout",
+  "explicit_implicit",
+  "explicit",
+  "l1",
+  "l2",
+  "targeted_weight",
+  "targeted_unit",
+)
 
 
 def _default() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "fashion_mnist"   # or "idx:/dir", "tfds:mnist"
-  c.data.data_dir = ""              # "" = the source's default location
-  c.data.validation_size = 0        # Filan et al. train on all 60k images
-  c.data.train_size = 0             # 0 = every remaining training image
+  c.data.source = "fashion_mnist"  # or "idx:/dir", "tfds:mnist"
+  c.data.data_dir = ""  # "" = the source's default location
+  c.data.validation_size = 0  # Filan et al. train on all 60k images
+  c.data.train_size = 0  # 0 = every remaining training image
   c.data.split_seed = 0
 
   c.model = ml_collections.ConfigDict()
@@ -65,15 +73,15 @@ def _default() -> ml_collections.ConfigDict:
   c.optimizer = "adam"
   c.learning_rate = 1e-3
   c.batch_size = 128
-  c.epochs = 20                     # phase 1: ordinary training
-  c.prune_epochs = 20               # phase 2: gradual magnitude pruning
+  c.epochs = 20  # phase 1: ordinary training
+  c.prune_epochs = 20  # phase 2: gradual magnitude pruning
 
   c.pruning = ml_collections.ConfigDict()
   c.pruning.initial_sparsity = 0.5
   c.pruning.final_sparsity = 0.9
   c.pruning.power = 3.0
-  c.pruning.frequency = 10          # mask update period in steps
-  c.pruning.end_step = -1           # -1: the last update step of phase 2
+  c.pruning.frequency = 10  # mask update period in steps
+  c.pruning.end_step = -1  # -1: the last update step of phase 2
 
   c.seeds = (0, 1, 2)
   c.conditions = CONDITIONS
@@ -87,30 +95,43 @@ def _default() -> ml_collections.ConfigDict:
   specs.explicit = dict(regimen="explicit", rate=0.5)
   specs.l1 = dict(regimen="l1", coef=5e-5)
   specs.l2 = dict(regimen="l2", coef=5e-5)
-  specs.targeted_weight = dict(regimen="targeted_weight", alpha=0.66,
-                               gamma=0.75)
+  specs.targeted_weight = dict(
+    regimen="targeted_weight", alpha=0.66, gamma=0.75
+  )
   specs.targeted_unit = dict(regimen="targeted_unit", alpha=0.9, gamma=0.75)
 
   c.curves = ml_collections.ConfigDict()
-  c.curves.fractions = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
-                        0.95, 0.99)
-  c.curves.exclude = (0, -1)        # targeted dropout's protocol
-  c.curves.tolerance = 0.01         # "within 1 pp" of the unpruned accuracy
+  c.curves.fractions = (
+    0.0,
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    0.95,
+    0.99,
+  )
+  c.curves.exclude = (0, -1)  # targeted dropout's protocol
+  c.curves.tolerance = 0.01  # "within 1 pp" of the unpruned accuracy
 
   c.cluster = ml_collections.ConfigDict()
   c.cluster.n_clusters = 12
   c.cluster.n_shuffles = 50
   c.cluster.shuffle = "layer"
-  c.cluster.n_jobs = 2              # worker processes for the shuffles
+  c.cluster.n_jobs = 2  # worker processes for the shuffles
 
   c.verdict = ml_collections.ConfigDict()
-  c.verdict.n_se = 2.0              # significant: |difference| > n_se * SE
+  c.verdict.n_se = 2.0  # significant: |difference| > n_se * SE
 
-  c.chunk_size = 0                  # steps per jit call; 0 = one epoch
-  c.checkpoint_every = 5            # phase-1 checkpoint every this many chunks
+  c.chunk_size = 0  # steps per jit call; 0 = one epoch
+  c.checkpoint_every = 5  # phase-1 checkpoint every this many chunks
   c.eval_batch_size = 1000
   c.phase2_seed_offset = 1_000_000  # phase 2 draws data order/noise anew
-  c.retry_failed = False            # re-run (condition, seed)s that hit NaN
+  c.retry_failed = False  # re-run (condition, seed)s that hit NaN
   c.progress = True
   return c
 
@@ -144,6 +165,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     ValueError: an unknown variant (the message lists the valid ones).
   """
   if variant not in VARIANTS:
-    raise ValueError(f"unknown config variant {variant!r}; valid: "
-                     f"{', '.join(VARIANTS)}.")
+    raise ValueError(
+      f"unknown config variant {variant!r}; valid: {', '.join(VARIANTS)}."
+    )
   return VARIANTS[variant]()

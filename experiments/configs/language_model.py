@@ -44,47 +44,56 @@ runs/<regimen>/ folders (see docs/language_model.md).
 import ml_collections
 from ml_collections import config_dict
 
-ALL_REGIMENS = ("none,dropout_1,dropout_2,dropout_4,dropout_8,"
-                "dropout_8_fix_noise,dropout_8_implicit,explicit,"
-                "explicit_implicit")
+ALL_REGIMENS = (
+  "none,dropout_1,dropout_2,dropout_4,dropout_8,"
+  "dropout_8_fix_noise,dropout_8_implicit,explicit,"
+  "explicit_implicit"
+)
 
 
 def _default():
   c = ml_collections.ConfigDict()
   # --- data -----------------------------------------------------------------
-  c.corpus = "shakespeare"          # any dropjax.data.text.load_corpus name
-  c.train_tokens = 50_000           # first N training tokens (0: all)
-  c.curve_tokens = 30_000           # validation prefix for the curve (0: all)
-  c.eval_tokens = 0                 # val/test tokens for final numbers (0: all)
-  c.batch_size = 32                 # parallel streams
-  c.bptt = 32                       # fixed chunk length (TBPTT)
+  c.corpus = "shakespeare"  # any dropjax.data.text.load_corpus name
+  c.train_tokens = 50_000  # first N training tokens (0: all)
+  c.curve_tokens = 30_000  # validation prefix for the curve (0: all)
+  c.eval_tokens = 0  # val/test tokens for final numbers (0: all)
+  c.batch_size = 32  # parallel streams
+  c.bptt = 32  # fixed chunk length (TBPTT)
   c.eval_batch_size = 128
   c.eval_bptt = 128
   # --- model ----------------------------------------------------------------
-  c.model = ml_collections.ConfigDict(dict(
-      embed_dim=64, hidden_size=128, num_layers=1, tie_weights=False,
-      forget_bias=1.0))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      embed_dim=64,
+      hidden_size=128,
+      num_layers=1,
+      tie_weights=False,
+      forget_bias=1.0,
+    )
+  )
   # Drop rates of the sites (AWD-LSTM: dropouti, dropouth, dropout, wdrop).
-  c.rates = ml_collections.ConfigDict(dict(
-      emb=0.25, hidden=0.25, out=0.25, weight=0.25))
+  c.rates = ml_collections.ConfigDict(
+    dict(emb=0.25, hidden=0.25, out=0.25, weight=0.25)
+  )
   # --- optimisation ---------------------------------------------------------
-  c.optimizer = "adam"              # "adam" or "sgd"
+  c.optimizer = "adam"  # "adam" or "sgd"
   c.learning_rate = 1e-2
-  c.momentum = 0.0                  # sgd only
-  c.clip_norm = 1.0                 # global-norm clipping (AWD-LSTM: 0.25)
+  c.momentum = 0.0  # sgd only
+  c.clip_norm = 1.0  # global-norm clipping (AWD-LSTM: 0.25)
   c.weight_decay = 0.0
   c.steps = 750
-  c.chunk_size = 50                 # steps per jit call
-  c.eval_every = 2                  # curve point every this many calls
-  c.checkpoint_every = 3            # orbax checkpoint every this many calls
+  c.chunk_size = 50  # steps per jit call
+  c.eval_every = 2  # curve point every this many calls
+  c.checkpoint_every = 3  # orbax checkpoint every this many calls
   # --- regimens -------------------------------------------------------------
   # Comma-separated: none, dropout_K, dropout_K_fix_noise, dropout_K_implicit,
   # explicit, implicit, explicit_implicit.
   c.regimens = ALL_REGIMENS
   c.seeds = (0, 1)
-  c.estimator = "sampled_label"     # explicit estimator
-  c.explicit_scale = 1.0            # 1 = Taylor-faithful q/(2(1-q))
-  c.implicit_scale = 1.0            # covariance scale (1 = DROPOUT_1's noise)
+  c.estimator = "sampled_label"  # explicit estimator
+  c.explicit_scale = 1.0  # 1 = Taylor-faithful q/(2(1-q))
+  c.implicit_scale = 1.0  # covariance scale (1 = DROPOUT_1's noise)
   # DROPOUT_k + implicit: covariance scale; None = 1 - 1/k.
   c.dropout_k_implicit_scale = config_dict.placeholder(float)
   c.progress = True
@@ -106,12 +115,14 @@ def _smoke() -> ml_collections.ConfigDict:
   c.model.num_layers = 1
   c.steps = 4
   c.chunk_size = 2
-  c.eval_every = 1                  # a curve point after each call
+  c.eval_every = 1  # a curve point after each call
   c.checkpoint_every = 1
   # One regimen per kind of objective (explicit alone shares its code path
   # with explicit_implicit and is left out to save a compilation).
-  c.regimens = ("none,dropout_1,dropout_2,dropout_2_fix_noise,"
-                "dropout_2_implicit,explicit_implicit")
+  c.regimens = (
+    "none,dropout_1,dropout_2,dropout_2_fix_noise,"
+    "dropout_2_implicit,explicit_implicit"
+  )
   c.progress = False
   return c
 
@@ -119,7 +130,7 @@ def _smoke() -> ml_collections.ConfigDict:
 def _accel() -> ml_collections.ConfigDict:
   """Accelerator variant: AWD-LSTM size, all of Shakespeare."""
   c = _default()
-  c.train_tokens = 0                # all 4.2M training characters
+  c.train_tokens = 0  # all 4.2M training characters
   c.curve_tokens = 100_000
   c.eval_tokens = 0
   c.batch_size = 20
@@ -139,7 +150,7 @@ def _accel() -> ml_collections.ConfigDict:
   c.learning_rate = 30.0
   c.clip_norm = 0.25
   c.weight_decay = 1.2e-6
-  c.steps = 60_000                  # ~20 epochs of 4.2M chars at 20 x 70
+  c.steps = 60_000  # ~20 epochs of 4.2M chars at 20 x 70
   c.chunk_size = 500
   c.eval_every = 4
   c.checkpoint_every = 4
@@ -157,6 +168,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     ValueError: an unknown variant (the message lists the valid ones).
   """
   if variant not in VARIANTS:
-    raise ValueError(f"unknown config variant {variant!r}; valid: "
-                     f"{', '.join(VARIANTS)}.")
+    raise ValueError(
+      f"unknown config variant {variant!r}; valid: {', '.join(VARIANTS)}."
+    )
   return VARIANTS[variant]()

