@@ -104,10 +104,11 @@ def make_objective(reg: Regimen, apply, spec, config):
 
 
 # Keys that may change between runs in one work directory: the regimens
-# (each keeps its own runs/<regimen>/result.json, independent of the others)
-# and the progress bar. Every other key changes the numbers (the seeds are
+# (each keeps its own runs/<regimen>/result.json, independent of the others),
+# the progress bar and the devices (sharding changes sums only in the last
+# float32 bits). Every other key changes the numbers (the seeds are
 # trained together, as one vmapped run per regimen).
-VOLATILE_KEYS = ("regimens", "progress")
+VOLATILE_KEYS = ("regimens", "progress", "devices")
 
 
 def config_to_dict(config) -> dict:
@@ -230,7 +231,7 @@ def run_regimen(
     run_dir=run_dir,
     run_name=reg.name,
     checkpoint_every=int(config.checkpoint_every),
-    devices=int(config.get("devices", 0)) or None,
+    devices=int(config.devices) or None,
     progress=bool(config.progress),
   )
   evals = {}

@@ -96,6 +96,7 @@ def _default():
   c.implicit_scale = 1.0  # covariance scale (1 = DROPOUT_1's noise)
   # DROPOUT_k + implicit: covariance scale; None = 1 - 1/k.
   c.dropout_k_implicit_scale = config_dict.placeholder(float)
+  c.devices = 0  # 0 = all local devices (streams sharded over them)
   c.progress = True
   return c
 
