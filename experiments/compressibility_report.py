@@ -65,7 +65,8 @@ from experiments.compressibility_verdicts import (  # noqa: F401
 
 REPORT_FILE = "report.md"
 
-# Filan et al. 2021, Fashion-MNIST rows (reference note §2.5): K = 12,
+# Filan et al. 2021 (arXiv:2103.03386), Fashion-MNIST rows of
+# results/clustering_factors_mlp.csv in dfilan/clusterability_in_neural_networks: K = 12,
 # 50 layer shuffles, 5 nets per row, mean ± SD over nets.
 PUBLISHED_FILAN = {
   "none": {
@@ -102,7 +103,7 @@ PUBLISHED_FILAN = {
   },
 }
 
-# Gomez et al. 2019, Table 2 (ResNet-32 on CIFAR-10; reference note §1.7),
+# Gomez et al. 2019, arXiv:1905.13678, Table 2 (ResNet-32 on CIFAR-10),
 # test accuracy (%) at prune fractions 0, 0.5, 0.7, 0.8, 0.9.
 PUBLISHED_TD_FRACTIONS = (0.0, 0.5, 0.7, 0.8, 0.9)
 PUBLISHED_TD = {
@@ -385,7 +386,8 @@ def render(results: dict) -> str:
     "## 5. Side by side with Filan et al. (2021), Fashion-MNIST",
     "",
     "Published: 5 nets per row, K = 12, 50 layer shuffles "
-    "(reference note §2.5). Their L2 nets carried L1 on the first "
+    "(Filan et al., arXiv:2103.03386; the Fashion-MNIST rows of "
+    "results/clustering_factors_mlp.csv in their code). Their L2 nets carried L1 on the first "
     "layer (a bug in their code); ours are pure L2.",
     "",
   ]
@@ -448,7 +450,7 @@ def render(results: dict) -> str:
     "Targeted dropout, for shape only (Gomez et al. 2019 "
     "Table 2: ResNet-32 on CIFAR-10, accuracy % at prune fractions "
     f"{', '.join(f'{f:g}' for f in PUBLISHED_TD_FRACTIONS)}; "
-    "reference note §1.7). Ours in the same columns (accuracy as a "
+    "arXiv:1905.13678). Ours in the same columns (accuracy as a "
     "fraction):",
     "",
   ]

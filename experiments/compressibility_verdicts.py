@@ -524,8 +524,8 @@ def verdicts(results: dict) -> list[Verdict]:
         claim,
         v,
         "The claim holds only if L1 nets are more clusterable both in "
-        "absolute n-cut and relative to their own shuffles (reference note "
-        "§2.5: an absolute n-cut can be low simply because L1 concentrates "
+        "absolute n-cut and relative to their own shuffles (Filan et al., "
+        "arXiv:2103.03386: an absolute n-cut can be low simply because L1 concentrates "
         "weight on few edges, which a shuffle reproduces).",
         absolute + relative,
         extra,

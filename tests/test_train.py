@@ -750,3 +750,37 @@ def test_bptt_stream_sharded_equals_unsharded():
       devices=4,
       progress=False,
     )
+
+
+def test_resume_refuses_other_keep_best_or_checkpoint_format(setup, tmp_path):
+  d = str(tmp_path)
+  run(setup, d, steps=10)
+  with pytest.raises(ValueError, match="keep_best"):
+    run(setup, d, steps=20, keep_best=("val", "loss"))
+  # A checkpoint written by an older layout (no checkpoint_format).
+  from dropjax.train.checkpoint import Checkpoints
+
+  ckpt = Checkpoints(os.path.join(d, train.CHECKPOINT_DIR))
+  step = ckpt.latest()
+  meta = ckpt.meta(step)
+  ckpt.close()
+  meta.pop("checkpoint_format")
+  import orbax.checkpoint as ocp
+
+  mgr = ocp.CheckpointManager(
+    os.path.abspath(os.path.join(d, train.CHECKPOINT_DIR))
+  )
+  tree = mgr.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+  )["state"]
+  mgr.save(
+    step + 1,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+    ),
+    force=True,
+  )
+  mgr.wait_until_finished()
+  mgr.close()
+  with pytest.raises(ValueError, match="checkpoint_format=None"):
+    run(setup, d, steps=20)

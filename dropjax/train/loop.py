@@ -39,6 +39,9 @@ FAILURE_FILE = "failures.json"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 
+CHECKPOINT_FORMAT = 2
+"""Version of the checkpoint layout; a checkpoint of another is refused."""
+
 NAN_POLICIES = ("raise", "drop_seed")
 """``on_nan`` choices of :func:`train`."""
 
@@ -631,7 +634,20 @@ def train(
     ckpt = Checkpoints(
       os.path.join(run_dir, CHECKPOINT_DIR), keep_checkpoints, async_checkpoints
     )
-  meta_fixed = {"run_name": run_name, "seeds": list(seeds), **spec.meta()}
+  # What a checkpoint must match to be resumed (checkpoint_format: the
+  # layout of the saved tree, {"state", "source"[, "best"]}; older
+  # checkpoints, without the batch source's state, have none).
+  meta_fixed = {
+    "run_name": run_name,
+    "seeds": list(seeds),
+    **spec.meta(),
+    "checkpoint_format": CHECKPOINT_FORMAT,
+    "keep_best": (
+      [keep_best.split, keep_best.metric, maximise]
+      if keep_best is not None
+      else None
+    ),
+  }
 
   bar = None
   try:

@@ -4,7 +4,8 @@
     python -m experiments.compressibility --workdir runs/compressibility \
         --config.seeds=0,1 --config.cluster.n_shuffles=20
 
-Protocol (Filan et al. 2021's MLP recipe, reference note §2.4):
+Protocol (Filan et al. 2021's MLP recipe, arXiv:2103.03386; src/train_nn.py
+in dfilan/clusterability_in_neural_networks):
 MLP 784-256-256-256-256-10 on all 60k Fashion-MNIST training images, Adam
 1e-3, batch 128, 20 epochs (phase 1, the *unpruned* net), then 20 epochs of
 gradual magnitude pruning (phase 2, the *pruned* net): per-layer masks over
