@@ -784,3 +784,22 @@ def test_resume_refuses_other_keep_best_or_checkpoint_format(setup, tmp_path):
   mgr.close()
   with pytest.raises(ValueError, match="checkpoint_format=None"):
     run(setup, d, steps=20)
+
+
+def test_evaluate_sequence_labels_is_per_position():
+  """[n, T] labels: loss and accuracy are means over the n * T positions
+  (they were divided by n only, T times too large)."""
+  rng = np.random.default_rng(0)
+  n, t, k = 10, 6, 3
+  x = rng.normal(size=(n, t, 4)).astype(np.float32)
+  y = rng.integers(0, k, size=(n, t)).astype(np.int32)
+  w = rng.normal(size=(4, k)).astype(np.float32)
+  apply = lambda p, x, sites: x @ p["w"]
+  got = train.evaluate(apply, {"w": w}, x, y, batch_size=4)
+  logits = x @ w
+  want_acc = np.mean(np.argmax(logits, -1) == y)
+  logp = logits - np.log(np.sum(np.exp(logits), -1, keepdims=True))
+  want_loss = -np.mean(np.take_along_axis(logp, y[..., None], -1))
+  assert float(got["accuracy"]) == pytest.approx(want_acc, abs=1e-6)
+  assert float(got["loss"]) == pytest.approx(want_loss, rel=1e-5)
+  assert 0 <= float(got["accuracy"]) <= 1

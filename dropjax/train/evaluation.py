@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -49,15 +50,20 @@ def stacked_eval_fn(
 
   ``params_s`` carries a leading seed axis; ``xb, yb, mask`` come from
   :func:`batch_eval_arrays`; ``n`` is static. One ``lax.scan`` over the
-  batches, one forward pass per batch for all seeds (``vmap``).
+  batches, one forward pass per batch for all seeds (``vmap``). Both means
+  are per *position*: over the ``n * P`` predictions of ``n`` examples with
+  ``P`` positions each (``P = 1`` for one label per example; ``P = T`` for
+  ``[n, T]`` sequence labels).
   """
   _losses.check_loss(loss)
+  positions = {}  # P, recorded while tracing
 
   def sums(params, xb, yb, mask):
     if preprocess is not None:
       xb, yb = preprocess(xb, yb)
     out = apply(params, xb, _sites.identity_sites)
     per = _losses.per_position_loss(loss, out, yb).astype(jnp.float32)
+    positions["P"] = math.prod(per.shape[1:])
     m = mask.reshape(mask.shape + (1,) * (per.ndim - 1)).astype(jnp.float32)
     loss_sum = jnp.sum(per * m)
     if loss == "softmax_cross_entropy":
@@ -76,7 +82,8 @@ def stacked_eval_fn(
     s = jax.tree.leaves(params_s)[0].shape[0]
     zero = jnp.zeros((s,), jnp.float32)
     (ls, cs), _ = jax.lax.scan(body, (zero, zero), (xb, yb, mask))
-    return {"loss": ls / n, "accuracy": cs / n}
+    count = n * positions["P"]
+    return {"loss": ls / count, "accuracy": cs / count}
 
   return run
 
@@ -108,8 +115,10 @@ def evaluate(
 
   Returns:
     ``{"loss": ..., "accuracy": ...}``, float32 scalars (or ``[S]`` when
-    ``stacked``). Accuracy (argmax of the outputs equals the label) is
-    reported as 0 for ``squared_error``.
+    ``stacked``): the mean loss and accuracy per position (per example for
+    ``[n]`` labels; per label for ``[n, T, ...]`` labels, e.g. a sequence
+    model's). Accuracy (argmax of the outputs equals the label) is reported
+    as 0 for ``squared_error``.
 
   Raises:
     ValueError: unknown loss or mismatched ``x``/``y`` lengths.
