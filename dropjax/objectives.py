@@ -165,8 +165,10 @@ def dropout_family(
     ``k`` masks, ``aux["implicit"]`` the fix-noise or implicit term.
 
   Raises:
-    ValueError: bad ``k``, rate, loss or noise. KeyError (when called): a
-      rate for a site the model does not have.
+    ValueError: bad ``k``, rate, loss or noise; ``broadcast_axes`` with
+      Gaussian noise; (when called) a model without dropout sites.
+      KeyError (when called): a rate or ``broadcast_axes`` entry for a site
+      the model does not have.
   """
   _check_k(k)
   _losses.check_loss(loss)
@@ -174,11 +176,32 @@ def dropout_family(
     implicit_scale = 1.0 - 1.0 / k
   _sites.check_rates(rates)
   _sites.dropout_sites(jax.random.key(0), rates, noise=noise)  # validates noise
+  if noise == "gaussian" and any(
+    tuple(a) for a in (broadcast_axes or {}).values()
+  ):
+    raise ValueError(
+      "broadcast_axes (locked masks) are supported for Bernoulli noise only; "
+      "Gaussian dropout draws independent noise per element: pass "
+      "noise='bernoulli' or drop broadcast_axes."
+    )
   n_masks = k + (2 if fix_noise else 0)
 
   def objective(params, batch, key):
     x, y = _split_batch(batch)
     site_rates = _resolved_rates(apply, params, x, rates, has_aux)
+    if not site_rates:
+      raise ValueError(
+        "the model has no dropout sites (apply never calls sites(name, h)), "
+        "so stochastic dropout would train without any dropout; add sites "
+        "(with Flax NNX: dropjax.flax.Dropout layers) or use the 'none' "
+        "regimen."
+      )
+    unknown = sorted(set(broadcast_axes or {}) - set(site_rates))
+    if unknown:
+      raise KeyError(
+        f"broadcast_axes names unknown dropout site(s) {unknown}; the "
+        f"model's sites are {list(site_rates)}."
+      )
     k_masks, k_imp = jax.random.split(key)
 
     def one(mask_key):

@@ -243,3 +243,34 @@ def test_targeted_dropout_leaves_the_logits_layer_alone():
   O.targeted_weight(spy, gamma=0.9, alpha=1.0)(PARAMS, BATCH, jax.random.key(0))
   np.testing.assert_array_equal(seen["w3"], PARAMS["w3"])
   assert float((seen["w1"] == 0).mean()) > 0.3
+
+
+# ------------------------------------------ arguments that must not be ignored
+
+
+def test_dropout_refuses_arguments_it_would_ignore():
+  def apply(p, x, sites):
+    return sites("h", x @ p["w"])
+
+  params = {"w": jnp.ones((3, 2))}
+  batch = (jnp.ones((4, 3)), jnp.array([0, 1, 0, 1]))
+  key = jax.random.key(0)
+  # A broadcast_axes entry for a site the model does not have.
+  obj = O.dropout(apply, rates=0.5, broadcast_axes={"hh": (1,)})
+  with pytest.raises(KeyError, match=r"broadcast_axes .*'hh'.*\['h'\]"):
+    obj(params, batch, key)
+  # Gaussian noise cannot share a mask along axes.
+  with pytest.raises(ValueError, match="Bernoulli noise only"):
+    O.dropout(apply, rates=0.5, noise="gaussian", broadcast_axes={"h": (0,)})
+  # A model with no sites would train without dropout.
+  no_sites = O.dropout(lambda p, x, sites: x @ p["w"], rates=0.5)
+  with pytest.raises(ValueError, match="no dropout sites"):
+    no_sites(params, batch, key)
+  for k_obj in (O.dropout_k, O.dropout_k_fix_noise):
+    with pytest.raises(ValueError, match="no dropout sites"):
+      k_obj(lambda p, x, sites: x @ p["w"], rates=0.5, k=2)(params, batch, key)
+  # A valid broadcast_axes entry still works.
+  loss, _ = O.dropout(apply, rates=0.5, broadcast_axes={"h": (0,)})(
+    params, batch, key
+  )
+  assert np.isfinite(float(loss))
