@@ -16,6 +16,12 @@ Outputs have shape ``[..., K]``; every leading index is one *position* (an
 example, or a token of a sequence). Targets are int labels of shape ``[...]``
 (cross-entropy) or floats of shape ``[..., K]`` (squared error). Losses are
 averaged over all positions (the batch mean ``L̄`` of the paper).
+
+Labels must lie in ``[0, K)``; inside ``jit`` they cannot be checked without
+a host sync, and out-of-range labels give no error: a label ``>= K`` makes
+that position's cross-entropy NaN, and a negative label wraps around (``-1``
+is read as class ``K - 1``, a finite, wrong loss). Check a data set once,
+before training, with :func:`check_labels`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,45 @@ def check_loss(loss: str) -> str:
   if loss not in LOSSES:
     raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}.")
   return loss
+
+
+def check_labels(labels, num_classes: int, *, what: str = "labels") -> None:
+  """Checks host integer labels against the model's output size.
+
+  Args:
+    labels: int array of any shape (e.g. a data set's ``[n]`` labels).
+    num_classes: ``K``, the number of model outputs.
+    what: how the message names the labels (e.g. ``"training labels"``).
+
+  Raises:
+    ValueError: for non-integer labels or labels outside ``[0, K)``; the
+      message gives the range found and ``K``.
+
+  Example:
+
+  >>> import numpy as np
+  >>> check_labels(np.array([0, 2, 9]), 10)
+  >>> check_labels(np.array([0, 10]), 10)
+  Traceback (most recent call last):
+  ...
+  ValueError: labels lie in [0, 10] but the model has 10 outputs: every label must be in [0, 10).
+  """
+  import numpy as np
+
+  labels = np.asarray(labels)
+  if labels.size == 0:
+    return
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(
+      f"{what} must be integers for softmax_cross_entropy, got dtype "
+      f"{labels.dtype}."
+    )
+  lo, hi = int(labels.min()), int(labels.max())
+  if lo < 0 or hi >= num_classes:
+    raise ValueError(
+      f"{what} lie in [{lo}, {hi}] but the model has {num_classes} outputs: "
+      f"every label must be in [0, {num_classes})."
+    )
 
 
 def _check_targets(loss: str, outputs: Array, targets: Array):

@@ -146,6 +146,22 @@ def run(config, workdir: str) -> dict:
       )
     ds = load_setting(config, setting)
     tr = ds.train
+    for split, labels in (
+      ("training", tr.labels),
+      ("validation", ds.validation.labels),
+      ("test", ds.test.labels),
+    ):
+      try:
+        dropjax.losses.check_labels(
+          labels,
+          layer_sizes[-1],
+          what=f"the {split} labels of {config.data.source!r}",
+        )
+      except ValueError as e:
+        raise ValueError(
+          f"{e} Fix the data, or the model's output size (the last entry "
+          "of --config.model.layer_sizes)."
+        ) from None
     n_eval = min(int(config.data.train_eval_size), len(tr))
     eval_data = {
       "validation": (ds.validation.images, ds.validation.labels),

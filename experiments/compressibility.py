@@ -59,6 +59,7 @@ import jax.numpy as jnp
 
 from dropjax import analysis as an
 from dropjax import data as djdata
+from dropjax import losses as djlosses
 from dropjax import models
 from dropjax import objectives
 from dropjax import train as djtrain
@@ -313,6 +314,18 @@ class Study:
     self.train_data = (ds.train.images, ds.train.labels)
     self.provenance = getattr(ds, "provenance", "")
     layer_sizes = tuple(int(s) for s in cfg.model.layer_sizes)
+    for split in ("train", "test"):
+      try:
+        djlosses.check_labels(
+          getattr(ds, split).labels,
+          layer_sizes[-1],
+          what=f"the {split} labels of {cfg.data.source!r}",
+        )
+      except ValueError as e:
+        raise ValueError(
+          f"{e} Fix the data, or the model's output size (the last entry "
+          "of --config.model.layer_sizes)."
+        ) from None
     self.apply, _, site_rates = models.make_model(
       "mlp", layer_sizes=layer_sizes
     )

@@ -90,3 +90,22 @@ def test_bad_data_directory_names_the_fix(tmp_path):
   config.data.source = f"idx:{tmp_path / 'nowhere'}"
   with pytest.raises(djdata.DataError, match="dataset-fashion-mnist"):
     compare.run(config, str(tmp_path / "out"))
+
+
+@needs_data
+def test_labels_outside_the_model_outputs_stop_before_training(
+  tmp_path, monkeypatch
+):
+  config = compare_configs.get_config("smoke")
+  config.model.layer_sizes = (784, 32, 32, 5)  # Fashion-MNIST has 10 classes
+
+  def no_training(*a, **k):
+    raise AssertionError("training started")
+
+  monkeypatch.setattr(compare.djtrain, "train", no_training)
+  with pytest.raises(
+    ValueError,
+    match=r"training labels .* lie in \[0, 9\] but the model has "
+    r"5 outputs.*--config.model.layer_sizes",
+  ):
+    compare.run(config, str(tmp_path))

@@ -90,3 +90,24 @@ def test_unknown_loss_and_bad_target_shapes_raise():
     L.per_position_loss("softmax_cross_entropy", z, jnp.zeros((4, 3), int))
   with pytest.raises(ValueError, match="float targets of shape"):
     L.per_position_loss("squared_error", z, jnp.zeros((4,)))
+
+
+def test_out_of_range_labels_are_documented_and_checked():
+  """Inside jit no error is possible: a label >= K gives NaN, -1 wraps to
+  K - 1 (as the module docstring says); check_labels catches both."""
+  z = jnp.array([[0.0, 0.0, 5.0], [0.0, 0.0, 5.0]])
+  per = L.per_position_loss("softmax_cross_entropy", z, jnp.array([3, -1]))
+  assert np.isnan(float(per[0]))
+  np.testing.assert_allclose(
+    float(per[1]),
+    float(
+      L.per_position_loss("softmax_cross_entropy", z[1:], jnp.array([2]))[0]
+    ),
+  )
+  L.check_labels(np.array([0, 1, 2]), 3)
+  with pytest.raises(ValueError, match=r"lie in \[0, 3\].*3 outputs"):
+    L.check_labels(np.array([0, 3]), 3)
+  with pytest.raises(ValueError, match=r"lie in \[-1, 2\]"):
+    L.check_labels(np.array([-1, 2]), 3)
+  with pytest.raises(ValueError, match="must be integers"):
+    L.check_labels(np.array([0.5]), 3)
