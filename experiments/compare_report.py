@@ -72,7 +72,7 @@ def regimen_label(regimen: str, config) -> str:
     "explicit": "explicit",
     "implicit": "implicit",
     "explicit_implicit": "explicit + implicit",
-    "l1": f"L1 ({config.l2:g})",
+    "l1": f"L1 ({config.l1:g})",
     "l2": f"L2 ({config.l2:g})",
   }.get(regimen, regimen)
 

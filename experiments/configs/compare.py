@@ -46,6 +46,7 @@ def _default() -> ml_collections.ConfigDict:
   c.estimator = "sampled_label"  # explicit-regularizer estimator
   c.explicit_scale = 1.0  # 1 = Taylor-faithful q/(2(1-q))
   c.implicit_scale = 1.0  # 1 = DROPOUT_1's noise covariance
+  c.l1 = 5e-5  # L1 regimen: coef * sum(|w|) (kernels)
   c.l2 = 5e-5  # L2 regimen: coef * sum(w^2) (kernels)
   c.regimens = (
     "none",
