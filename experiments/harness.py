@@ -59,13 +59,6 @@ def config_path(name: str) -> str:
   return os.path.join(_CONFIGS, f"{name}.py")
 
 
-def unknown_variant(variant: str, valid: Sequence[str]) -> ValueError:
-  """The error of a config's ``get_config`` for an unknown variant."""
-  return ValueError(
-    f"unknown config variant {variant!r}; valid: {', '.join(valid)}."
-  )
-
-
 # ---------------------------------------------------------------- configs
 
 

@@ -26,6 +26,8 @@ Both settings use 1000 training examples so each regimen compiles once.
 
 import ml_collections
 
+from experiments.configs import select_variant
+
 
 def _default() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -109,8 +111,4 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   Raises:
     ValueError: an unknown variant (the message lists the valid ones).
   """
-  if variant not in VARIANTS:
-    raise ValueError(
-      f"unknown config variant {variant!r}; valid: {', '.join(VARIANTS)}."
-    )
-  return VARIANTS[variant]()
+  return select_variant(VARIANTS, variant)

@@ -46,6 +46,8 @@ numbers mean nothing.
 
 import ml_collections
 
+from experiments.configs import select_variant
+
 CONDITIONS = (
   "control",
   "dropout",
@@ -165,8 +167,4 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   Raises:
     ValueError: an unknown variant (the message lists the valid ones).
   """
-  if variant not in VARIANTS:
-    raise ValueError(
-      f"unknown config variant {variant!r}; valid: {', '.join(VARIANTS)}."
-    )
-  return VARIANTS[variant]()
+  return select_variant(VARIANTS, variant)

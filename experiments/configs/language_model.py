@@ -42,6 +42,8 @@ runs/<regimen>/ folders (see docs/language_model.md).
 """
 
 import ml_collections
+
+from experiments.configs import select_variant
 from ml_collections import config_dict
 
 ALL_REGIMENS = (
@@ -168,8 +170,4 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   Raises:
     ValueError: an unknown variant (the message lists the valid ones).
   """
-  if variant not in VARIANTS:
-    raise ValueError(
-      f"unknown config variant {variant!r}; valid: {', '.join(VARIANTS)}."
-    )
-  return VARIANTS[variant]()
+  return select_variant(VARIANTS, variant)
