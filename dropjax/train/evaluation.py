@@ -182,13 +182,15 @@ class ClassifierEvaluator:
     _losses.check_loss(loss)
     self._fn = _classifier_eval_cached(apply, loss, preprocess, mesh)
     sh = NamedSharding(mesh, P(None, _sources.DATA_AXIS))
-    put = lambda a: jax.make_array_from_callback(  # noqa: E731
-      a.shape, sh, lambda idx: a[idx]
-    )
     self._sets = {}
     for name, (ex, ey) in sets.items():
       xb, yb, mask, n = batch_eval_arrays(ex, ey, batch_size)
-      self._sets[name] = (put(xb), put(yb), put(mask), n)
+      self._sets[name] = (
+        _sources.put_global(xb, sh),
+        _sources.put_global(yb, sh),
+        _sources.put_global(mask, sh),
+        n,
+      )
 
   def __bool__(self) -> bool:
     return bool(self._sets)

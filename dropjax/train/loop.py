@@ -656,8 +656,7 @@ def train(
     best_value = np.full((len(seeds),), -np.inf if maximise else np.inf)
     best_step = {s: 0 for s in seeds}
     latest = ckpt.latest() if (ckpt is not None and resume) else None
-    state0 = init_all(params0)
-    src0 = _jitted_source_init(spec, mesh)(keys, jnp.int32(0))
+    init_source = _jitted_source_init(spec, mesh)
     if latest is not None:
       meta = ckpt.meta(latest)
       for k, v in meta_fixed.items():
@@ -671,14 +670,17 @@ def train(
           f"checkpoint in {run_dir} is at step "
           f"{meta['step']}, beyond steps={steps}."
         )
-      tree0 = {"state": state0, "source": src0}
+      # Shapes only: the restored arrays replace the initial ones.
+      shapes = {
+        "state": jax.eval_shape(init_all, params0),
+        "source": jax.eval_shape(init_source, keys, jnp.int32(0)),
+      }
       if keep_best is not None:
-        tree0["best"] = state0.params
+        shapes["best"] = shapes["state"].params
       abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-        tree0,
+        shapes,
       )
-      del tree0, state0, src0
       restored = ckpt.state(latest, abstract)
       state, src = restored["state"], restored["source"]
       best_params = restored.get("best")
@@ -690,11 +692,11 @@ def train(
         best_value = np.asarray(meta["best_value"], np.float64)
         best_step = {int(s): int(t) for s, t in meta["best_step"].items()}
     else:
-      state, src = state0, src0
+      state = init_all(params0)
+      src = init_source(keys, jnp.int32(0))
       best_params = (
         jax.tree.map(jnp.copy, state.params) if keep_best is not None else None
       )
-      del state0, src0
     del params0
     resumed_from = start
     history = []

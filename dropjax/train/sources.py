@@ -49,12 +49,16 @@ DATA_AXIS = "data"
 """Name of the mesh axis the batch is sharded over."""
 
 
-def put_replicated(x, mesh: Mesh) -> Array:
-  """A global array, replicated over ``mesh``, from a host array that every
-  process holds in full."""
+def put_global(x, sharding: NamedSharding) -> Array:
+  """A global array with ``sharding`` from a host array that every process
+  holds in full."""
   x = np.asarray(x)
-  sharding = NamedSharding(mesh, P())
   return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def put_replicated(x, mesh: Mesh) -> Array:
+  """:func:`put_global` replicated over ``mesh``."""
+  return put_global(x, NamedSharding(mesh, P()))
 
 
 def epoch_permutations(data_keys: Array, epoch, n: int) -> Array:
