@@ -91,7 +91,6 @@ def pruning_run():
       {"step": info["step"], "params": jax.device_get(info["state"].params)}
     ),
   )
-  res.params = res.state.params
   return res, snaps, schedule
 
 
@@ -109,7 +108,7 @@ def test_nan_in_one_seed_stops_only_that_seed(pruning_run):
   assert set(res.failures) == {2}
   assert res.failures[2]["step"] == 0
   for seed in (0, 1):
-    for k in _kernels(res.params, seed):
+    for k in _kernels(res.state.params, seed):
       assert np.all(np.isfinite(k))
 
 
@@ -124,12 +123,14 @@ def test_gradual_pruning_follows_schedule_and_ends_exact(pruning_run):
         assert np.count_nonzero(k) == _expected_nonzero(k.size, s), (t, s)
   assert float(schedule.sparsity(_END)) == pytest.approx(0.9)
   for seed in (0, 1):
-    ks = _kernels(res.params, seed)
+    ks = _kernels(res.state.params, seed)
     assert len(ks) == 3  # first, hidden and output layer are all pruned
     for k in ks:
       assert np.count_nonzero(k) == _expected_nonzero(k.size, 0.9)
     # Biases are never masked.
-    assert np.count_nonzero(np.asarray(res.params["hidden_0"]["bias"][seed]))
+    assert np.count_nonzero(
+      np.asarray(res.state.params["hidden_0"]["bias"][seed])
+    )
 
 
 def test_pruned_weights_stay_zero_after_further_updates(pruning_run):
