@@ -62,6 +62,21 @@ def _keep_prob(rate, dtype) -> Array:
   return (1.0 - jnp.asarray(rate)).astype(dtype)
 
 
+def _check_scale_fits(rate, dtype) -> None:
+  """Refuses a concrete ``q`` whose ``1 / (1 - q)`` overflows ``dtype``."""
+  if not _is_concrete(rate) or not jnp.issubdtype(dtype, jnp.floating):
+    return
+  q = np.asarray(rate, np.float64)
+  biggest = float(jnp.finfo(dtype).max)
+  if np.any(1.0 / (1.0 - q) > biggest):
+    raise ValueError(
+      f"rate {float(np.max(q))!r} scales kept entries by 1/(1-q) = "
+      f"{1.0 / (1.0 - float(np.max(q))):.3g}, more than {jnp.dtype(dtype).name} "
+      f"can hold ({biggest:.3g}): use a lower rate or a wider dtype "
+      "(e.g. x.astype(jnp.float32))."
+    )
+
+
 def _normalise_axes(axes: Sequence[int], ndim: int) -> tuple[int, ...]:
   out = []
   for a in axes:
@@ -119,16 +134,20 @@ def dropout(
     x: any float array, e.g. activations ``[batch, features]`` or
       ``[batch, time, features]``, or a weight matrix.
     rate: drop probability ``q`` in ``[0, 1)``; a float or (traced) array.
-      ``q = 0`` returns ``x`` unchanged. ``q`` close to 1 gives large but
-      finite values for the kept entries (never NaN or inf).
+      ``q = 0`` returns ``x`` unchanged. ``q`` close to 1 gives large
+      values for the kept entries, ``x / (1 - q)``: finite as long as
+      ``|x| / (1 - q)`` fits the dtype (float32: ``q <= 1 - 3e-38 |x|``;
+      float16: ``q <= 1 - |x| / 65504``, e.g. ``q <= 0.9998`` for
+      ``|x| <= 10``). A concrete rate whose scale ``1 / (1 - q)`` alone
+      overflows ``x``'s dtype is refused.
     broadcast_axes: axes of ``x`` along which the mask is shared.
 
   Returns:
     An array with the shape and dtype of ``x``.
 
   Raises:
-    ValueError: if a concrete ``rate`` is outside ``[0, 1)``, or an axis is
-      out of range.
+    ValueError: if a concrete ``rate`` is outside ``[0, 1)``, its scale
+      ``1 / (1 - q)`` overflows ``x``'s dtype, or an axis is out of range.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -137,6 +156,7 @@ def dropout(
     True
   """
   mask = dropout_mask(key, x.shape, rate, broadcast_axes=broadcast_axes)
+  _check_scale_fits(rate, x.dtype)
   keep = _keep_prob(rate, x.dtype)
   return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
 

@@ -184,3 +184,16 @@ def test_jit_vmap_over_rates_and_determinism(name):
   assert not np.array_equal(
     np.asarray(f(jax.random.key(14), x, 0.3)), np.asarray(eager)
   )
+
+
+def test_float16_scale_overflow_is_refused_and_the_limit_holds():
+  x = jnp.ones((64,), jnp.float16)
+  with pytest.raises(ValueError, match=r"float16 can hold.*wider dtype"):
+    dropjax.dropout(jax.random.key(0), x, 0.99999)
+  y = dropjax.dropout(jax.random.key(0), x, 0.9998)  # 1/(1-q)=5000
+  assert bool(jnp.all(jnp.isfinite(y)))
+  # float32 takes the same rate
+  y32 = dropjax.dropout(
+    jax.random.key(0), x.astype(jnp.float32), 0.99999
+  )
+  assert bool(jnp.all(jnp.isfinite(y32)))
