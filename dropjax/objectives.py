@@ -239,6 +239,21 @@ def dropout(apply: _sites.Apply, *, rates: _sites.Rates, **kwargs) -> Objective:
   return dropout_family(apply, rates=rates, k=1, **kwargs)
 
 
+def gaussian_dropout(
+  apply: _sites.Apply, *, rates: _sites.Rates, **kwargs
+) -> Objective:
+  """Gaussian dropout at the variance of Bernoulli dropout at rate ``q``.
+
+  Multiplicative noise ``1 + sqrt(q/(1-q)) ε``, ``ε ~ N(0, 1)`` (Srivastava
+  et al. 2014, JMLR 15, §10): the same mean and variance as inverted
+  Bernoulli dropout at rate ``q``, so the explicit and implicit
+  regularizers of the two agree to second order (arXiv:2002.12915 §2 uses
+  only these two moments). Equal to ``dropout(..., noise="gaussian")``.
+  """
+  kwargs.setdefault("noise", "gaussian")
+  return dropout_family(apply, rates=rates, k=1, **kwargs)
+
+
 def dropout_k(
   apply: _sites.Apply, *, rates: _sites.Rates, k: int, **kwargs
 ) -> Objective:
@@ -606,6 +621,7 @@ def targeted_unit(
 REGIMENS: dict[str, Callable[..., Objective]] = {
   "none": none,
   "dropout": dropout,
+  "gaussian_dropout": gaussian_dropout,
   "dropout_k": dropout_k,
   "dropout_k_fix_noise": dropout_k_fix_noise,
   "dropout_k_implicit": dropout_k_implicit,
@@ -642,6 +658,7 @@ def make_objective(regimen: str, apply: _sites.Apply, **kwargs) -> Objective:
 # Per regimen: (keyword argument, config keys read in order, required).
 _RATE_REGIMENS = (
   "dropout",
+  "gaussian_dropout",
   "dropout_k",
   "dropout_k_fix_noise",
   "dropout_k_implicit",
@@ -651,6 +668,7 @@ _RATE_REGIMENS = (
 )
 _DROPOUT_FAMILY = (
   "dropout",
+  "gaussian_dropout",
   "dropout_k",
   "dropout_k_fix_noise",
   "dropout_k_implicit",
@@ -658,6 +676,7 @@ _DROPOUT_FAMILY = (
 _CONFIG_KEYS: dict[str, tuple[tuple[str, tuple[str, ...], bool], ...]] = {
   "none": (),
   "dropout": (("noise", ("noise",), False),),
+  "gaussian_dropout": (),
   "dropout_k": (("k", ("k",), True), ("noise", ("noise",), False)),
   "dropout_k_fix_noise": (("k", ("k",), True), ("noise", ("noise",), False)),
   "dropout_k_implicit": (
@@ -711,6 +730,7 @@ def from_config(
   ========================  ============================================
   none                      --
   dropout                   ``noise``
+  gaussian_dropout          --
   dropout_k, ..._fix_noise  ``k*``, ``noise``
   dropout_k_implicit        ``k*``, ``dropout_k_implicit_scale`` (``None``:
                             ``1 - 1/k``), ``noise``

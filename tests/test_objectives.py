@@ -274,3 +274,15 @@ def test_dropout_refuses_arguments_it_would_ignore():
     params, batch, key
   )
   assert np.isfinite(float(loss))
+
+
+def test_gaussian_dropout_regimen_is_dropout_with_gaussian_noise():
+  key = jax.random.key(3)
+  a, _ = O.gaussian_dropout(mlp, rates=0.3)(PARAMS, BATCH, key)
+  b, _ = O.dropout(mlp, rates=0.3, noise="gaussian")(PARAMS, BATCH, key)
+  c, _ = O.dropout(mlp, rates=0.3)(PARAMS, BATCH, key)
+  d, _ = O.from_config("gaussian_dropout", mlp, {}, rates=0.3)(
+    PARAMS, BATCH, key
+  )
+  assert float(a) == float(b) == float(d)
+  assert float(a) != float(c)  # not Bernoulli
