@@ -582,3 +582,13 @@ def test_prepare_tfds_fashion_mnist_offline(tmp_path, private_tempdir):
     (tmp_path / "tempfile").glob("dropjax-tfds-*")
   )  # ... which was removed
   shutil.rmtree(out)
+
+
+def test_idx_source_errors_hint_at_the_source_not_the_debian_package(tmp_path):
+  with pytest.raises(data.DataNotFoundError) as e:
+    data.load_dataset(f"idx:{tmp_path / 'nowhere'}")
+  msg = str(e.value)
+  assert "idx:/path/to/dir" in msg and "takes no --config.data.data_dir" in msg
+  assert "apt-get install" not in msg
+  with pytest.raises(data.DataNotFoundError, match="apt-get install"):
+    data.load_dataset("fashion_mnist", data_dir=str(tmp_path / "nowhere"))

@@ -35,6 +35,7 @@ from dropjax.data.idx import (
   load_idx_directory,
 )
 
+from dropjax.data import idx as _idx
 from dropjax.data.text import TextCorpus
 from dropjax.data.text import batchify
 from dropjax.data.text import bptt_batches
@@ -376,7 +377,12 @@ def load_dataset(
       else None
     )
     name = f"idx:{arg}"
-  arrays = load_idx_directory(directory, pins=pins)
+  try:
+    arrays = load_idx_directory(directory, pins=pins)
+  except DataError as e:
+    if kind == "fashion_mnist" or pins:
+      raise
+    raise _idx.with_fixes(e, _idx.IDX_SOURCE_FIXES) from None
   if kind == "fashion_mnist":
     num_classes = FASHION_MNIST_NUM_CLASSES
   else:

@@ -107,6 +107,21 @@ _FIXES = (
 )
 
 
+IDX_SOURCE_FIXES = (
+  "To fix: put the four IDX files (train-images-idx3-ubyte, "
+  "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, "
+  "each gzipped (.gz) or raw) in that directory, or name another directory "
+  "in the source itself (--config.data.source=idx:/path/to/dir; an idx: "
+  "source takes no --config.data.data_dir)."
+)
+"""The fix hint of an ``idx:<dir>`` source (the directory is the source's)."""
+
+
+def with_fixes(error: "DataError", fixes: str) -> "DataError":
+  """The same error (same class) with another "To fix" hint."""
+  return type(error)(str(error).replace(_FIXES, fixes))
+
+
 class DataError(RuntimeError):
   """Data files are missing, unreadable or corrupt."""
 
