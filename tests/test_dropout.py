@@ -193,7 +193,5 @@ def test_float16_scale_overflow_is_refused_and_the_limit_holds():
   y = dropjax.dropout(jax.random.key(0), x, 0.9998)  # 1/(1-q)=5000
   assert bool(jnp.all(jnp.isfinite(y)))
   # float32 takes the same rate
-  y32 = dropjax.dropout(
-    jax.random.key(0), x.astype(jnp.float32), 0.99999
-  )
+  y32 = dropjax.dropout(jax.random.key(0), x.astype(jnp.float32), 0.99999)
   assert bool(jnp.all(jnp.isfinite(y32)))
