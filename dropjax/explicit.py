@@ -108,6 +108,84 @@ def explicit_targets(
   return _losses.sample_targets(loss, key, outputs)
 
 
+def explicit_terms(
+  lin: _sites.Linearization,
+  rates: Mapping[str, Array],
+  *,
+  estimator: str = "sampled_label",
+  loss: str = "softmax_cross_entropy",
+  key: Array | None = None,
+  y: Array | None = None,
+  site_grads: Mapping[str, Array] | None = None,
+  hessian_gradient: bool = False,
+) -> dict[str, Array]:
+  """``R_exp`` at ``scale = 1``, one term per site, from a clean forward pass.
+
+  ``R_exp`` is a sum over sites (arXiv:2002.12915 §2, the sum over the
+  dropout layers); this returns its terms ``{site: R_site}`` (scalars), so
+  that ``sum(terms.values())`` is :func:`explicit_from_linearization`.
+
+  Args:
+    lin: the clean forward pass (:func:`dropjax.sites.linearize_sites`).
+    rates: ``{site: q}`` for every site (:func:`dropjax.sites.resolve_rates`).
+    estimator: ``"sampled_label"``, ``"gauss_newton"`` or ``"true_label"``.
+    loss, key, y: as in :func:`explicit_regularizer`.
+    site_grads: precomputed ``∂L̃/∂v`` for ``sampled_label`` / ``true_label``
+      (lets callers share one batched backward pass); computed if ``None``.
+    hessian_gradient: ``gauss_newton`` only: differentiate through the
+      Hessian's dependence on the probabilities (the full gradient of the
+      regularizer, unlike the paper's estimators).
+
+  Returns:
+    ``{site: scalar}`` in the order of ``lin.activations``.
+
+  Raises:
+    ValueError: an unknown estimator or loss, a missing key or ``y``, or
+      ``"identity_hessian"``, whose single JVP mixes the sites (its terms are
+      not separable: call it with one site's rates instead).
+  """
+  check_estimator(estimator)
+  _losses.check_loss(loss)
+  if estimator == "identity_hessian":
+    raise ValueError(
+      "estimator='identity_hessian' estimates all sites with one JVP, so its "
+      "value does not split into per-site terms; call explicit_regularizer "
+      "with one site's rates for a per-site value."
+    )
+  outputs, acts = lin.outputs, lin.activations
+  n = _losses.num_positions(outputs)
+  coefs = {k: taylor_coefficient(q) for k, q in rates.items()}
+
+  if estimator in ("sampled_label", "true_label"):
+    if site_grads is None:
+      targets = explicit_targets(estimator, loss, outputs, key=key, y=y)
+      site_grads = lin.vjp(_losses.loss_cotangent(loss, outputs, targets))
+    return {
+      name: n * weighted_squares({name: v}, site_grads, coefs)
+      for name, v in acts.items()
+    }
+
+  # gauss_newton: one VJP per output position and Hessian factor.
+  factors = _losses.hessian_factors(loss, outputs)
+  if not hessian_gradient:
+    factors = jax.lax.stop_gradient(factors)
+  k = outputs.shape[-1]
+  flat = factors.reshape(n, k, k)  # [position, factor c, output k]
+
+  def grads_for(pos, c):
+    ct = jnp.zeros((n, k), outputs.dtype).at[pos].set(flat[pos, c])
+    return lin.vjp(ct.reshape(outputs.shape))
+
+  grads = jax.vmap(jax.vmap(grads_for, in_axes=(None, 0)), in_axes=(0, None))(
+    jnp.arange(n), jnp.arange(k)
+  )
+  terms = {}
+  for name, v in acts.items():
+    diag = jnp.sum(jnp.square(grads[name]), axis=(0, 1)) / n
+    terms[name] = coefs[name] * jnp.sum(jnp.square(v) * diag)
+  return terms
+
+
 def explicit_from_linearization(
   lin: _sites.Linearization,
   rates: Mapping[str, Array],
@@ -132,38 +210,32 @@ def explicit_from_linearization(
       regularizer, unlike the paper's estimators).
 
   Returns:
-    Scalar ``R_exp``.
+    Scalar ``R_exp`` (the sum of :func:`explicit_terms`).
   """
   check_estimator(estimator)
   _losses.check_loss(loss)
   outputs, acts = lin.outputs, lin.activations
-  n = _losses.num_positions(outputs)
-  coefs = {k: taylor_coefficient(q) for k, q in rates.items()}
 
   if estimator in ("sampled_label", "true_label"):
+    # One weighted sum over every site (the per-site terms of
+    # explicit_terms add up to it up to float rounding).
     if site_grads is None:
       targets = explicit_targets(estimator, loss, outputs, key=key, y=y)
       site_grads = lin.vjp(_losses.loss_cotangent(loss, outputs, targets))
+    coefs = {k: taylor_coefficient(q) for k, q in rates.items()}
+    n = _losses.num_positions(outputs)
     return n * weighted_squares(acts, site_grads, coefs)
 
   if estimator == "gauss_newton":
-    factors = _losses.hessian_factors(loss, outputs)
-    if not hessian_gradient:
-      factors = jax.lax.stop_gradient(factors)
-    k = outputs.shape[-1]
-    flat = factors.reshape(n, k, k)  # [position, factor c, output k]
-
-    def grads_for(pos, c):
-      ct = jnp.zeros((n, k), outputs.dtype).at[pos].set(flat[pos, c])
-      return lin.vjp(ct.reshape(outputs.shape))
-
-    grads = jax.vmap(jax.vmap(grads_for, in_axes=(None, 0)), in_axes=(0, None))(
-      jnp.arange(n), jnp.arange(k)
-    )
     total = 0.0
-    for name, v in acts.items():
-      diag = jnp.sum(jnp.square(grads[name]), axis=(0, 1)) / n
-      total = total + coefs[name] * jnp.sum(jnp.square(v) * diag)
+    for term in explicit_terms(
+      lin,
+      rates,
+      estimator=estimator,
+      loss=loss,
+      hessian_gradient=hessian_gradient,
+    ).values():
+      total = total + term
     return jnp.asarray(total)
 
   # identity_hessian: Hutchinson with Rademacher signs, one JVP.
@@ -171,6 +243,8 @@ def explicit_from_linearization(
     raise ValueError(
       "estimator='identity_hessian' is stochastic and needs a key."
     )
+  coefs = {k: taylor_coefficient(q) for k, q in rates.items()}
+  n = _losses.num_positions(outputs)
   tangents = {}
   for name, v in acts.items():
     s = jax.random.rademacher(_sites.site_key(key, name), v.shape, v.dtype)

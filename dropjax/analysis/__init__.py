@@ -1,4 +1,5 @@
-"""Measurements on trained parameters: pruning, sparsity, clusterability.
+"""Measurements on trained parameters: pruning, sparsity, clusterability, and
+how well the analytic replacement describes dropout (diagnostics).
 
 Nothing in this package trains, except that :mod:`dropjax.analysis.gradual`
 provides the pieces a training loop needs for gradual magnitude pruning (a
@@ -19,6 +20,11 @@ from dropjax.analysis.clusterability import (
   shuffle_weights,
   spectral_cluster,
   weight_graph,
+)
+from dropjax.analysis.diagnostics import (
+  dropout_gap,
+  gradient_noise_check,
+  taylor_check,
 )
 from dropjax.analysis.gradual import (
   MaskedOptState,
@@ -68,9 +74,11 @@ __all__ = [
   "clusterability",
   "compressed_bits_per_weight",
   "dead_unit_fraction",
+  "dropout_gap",
   "epsilon_sparsity",
   "exact_sparsity",
   "gini_index",
+  "gradient_noise_check",
   "hoyer_sparsity",
   "is_kernel",
   "is_mask_update_step",
@@ -90,5 +98,6 @@ __all__ = [
   "sparsity_report",
   "spectral_cluster",
   "symmetric_quantize",
+  "taylor_check",
   "weight_graph",
 ]
