@@ -1,18 +1,29 @@
-r"""The main job: dropout, DROPOUT_k and the analytic regularizers on real data.
+r"""The main job: dropout against its analytic replacement, converged and tuned.
 
     python -m experiments.compare --workdir DIR [--config FILE] [--config.KEY=VALUE ...]
 
 Trains every regimen of the config (``experiments/configs/compare.py`` by
-default) for every seed, in every setting (the full training set and a small
-subset), and writes into ``DIR``:
+default: none, Bernoulli dropout, Gaussian dropout, explicit, implicit,
+explicit + implicit, L2) for every seed at every training-set size, with the
+regimen's hyperparameters chosen on the validation split by
+``python -m experiments.tune``. Every run trains to the end of a warm-up +
+cosine learning-rate schedule and keeps its best-validation parameters; the
+primary comparison uses those, and the final parameters are reported too.
+The test split is evaluated only after training, never to select anything.
 
-* ``results.json`` -- one record per (setting, regimen, seed): test accuracy
-  and loss, training-subset accuracy and loss (for the train–test gap), final
-  training loss, the validation curve; plus failed runs, the config and the
-  wall time. Rewritten atomically after every finished run.
-* ``report.md`` -- mean ± std over seeds per regimen and setting, and a
-  paragraph computed from those numbers.
-* ``learning_curves.png``, ``test_accuracy.png``.
+Writes into ``DIR``:
+
+* ``results.json`` -- one record per (setting, regimen, seed): the
+  hyperparameters, for the best-validation and the final parameters the test
+  accuracy, NLL, expected calibration error (15 bins), predictive entropy and
+  reliability bins and the training-subset accuracy and loss; the validation
+  curve; the run's wall time; and, for the diagnostics regimens, per site the
+  Monte-Carlo dropout gap against ``R_exp`` and the dropout gradient noise
+  against the implicit regularizer's. Rewritten atomically after every run.
+* ``report.md`` -- tables of every metric, paired differences (same seed =
+  same initialisation and data order), the diagnostics, and a paragraph
+  computed from the numbers (:mod:`experiments.compare_report`).
+* ``learning_curves.png``, ``paired_differences.png``, ``reliability.png``.
 * ``runs/<setting>/<regimen>/`` -- each run's ``metrics.jsonl`` and orbax
   checkpoints. Re-running the same command resumes: finished runs are skipped,
   an interrupted one continues from its last checkpoint.
@@ -23,13 +34,19 @@ seed and step; it is recorded under ``failures`` and the other runs go on.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import optax
 
 import dropjax
+from dropjax import analysis
 from dropjax import data as djdata
+from dropjax import metrics as djmetrics
 from dropjax import models
 from dropjax import train as djtrain
 from experiments import compare_report
@@ -43,25 +60,242 @@ RESULTS_FILE = "results.json"
 # so a finished run holds the records of the old seed list.
 VOLATILE_KEYS = ("regimens", "settings", "progress")
 
+# Regimens whose strength is a drop rate (tuned as ``rate``); the analytic
+# ones are built at ``config.analytic_rate`` and tuned through their scales.
+RATE_TUNED = ("dropout", "gaussian_dropout")
+ANALYTIC = ("explicit", "implicit", "explicit_implicit")
+HPARAM_KEYS = {
+  "none": (),
+  "dropout": ("rate",),
+  "gaussian_dropout": ("rate",),
+  "explicit": ("explicit_scale",),
+  "implicit": ("implicit_scale",),
+  "explicit_implicit": ("explicit_scale", "implicit_scale"),
+  "l1": ("l1",),
+  "l2": ("l2",),
+}
+
 
 def load_setting(config, setting: str) -> djdata.ImageDataset:
+  """The dataset of one setting (its training subset, validation, test)."""
+  if setting not in config:
+    raise ValueError(
+      f"setting {setting!r} has no config block (config.{setting}); "
+      "--config.settings lists the blocks to run."
+    )
   sc = config[setting]
-  return djdata.load_dataset(
-    config.data.source,
-    data_dir=config.data.data_dir or None,
-    validation_size=config.data.validation_size,
-    train_size=int(sc.train_size) or None,
-    seed=config.data.split_seed,
+  try:
+    return djdata.load_dataset(
+      config.data.source,
+      data_dir=config.data.data_dir or None,
+      validation_size=int(config.data.validation_size),
+      train_size=int(sc.train_size) or None,
+      seed=int(config.data.split_seed),
+    )
+  except djdata.DataError:
+    raise
+  except ValueError as e:
+    raise ValueError(
+      f"{e} (set by --config.data.validation_size and "
+      f"--config.{setting}.train_size)"
+    ) from None
+
+
+def check_dataset(config, ds: djdata.ImageDataset) -> None:
+  """Inputs of the model's size and labels in ``[0, K)``, before training.
+
+  Raises:
+    ValueError: naming the split and the config key to change.
+  """
+  n_in = int(np.prod(ds.train.images.shape[1:]))
+  if n_in != int(config.model.layer_sizes[0]):
+    raise ValueError(
+      f"the images of {config.data.source!r} have shape "
+      f"{tuple(ds.train.images.shape[1:])} ({n_in} inputs) but the model "
+      f"takes {config.model.layer_sizes[0]}: set the first entry of "
+      "--config.model.layer_sizes to match."
+    )
+  k = int(config.model.layer_sizes[-1])
+  for split, labels in (
+    ("training", ds.train.labels),
+    ("validation", ds.validation.labels),
+    ("test", ds.test.labels),
+  ):
+    try:
+      dropjax.losses.check_labels(
+        labels, k, what=f"the {split} labels of {config.data.source!r}"
+      )
+    except ValueError as e:
+      raise ValueError(
+        f"{e} Fix the data, or the model's output size (the last entry "
+        "of --config.model.layer_sizes)."
+      ) from None
+
+
+def schedule(config, steps: int) -> optax.Schedule:
+  """Linear warm-up over ``warmup_fraction`` of the steps, cosine to 0."""
+  warmup = int(round(float(config.warmup_fraction) * steps))
+  return optax.warmup_cosine_decay_schedule(
+    init_value=0.0,
+    peak_value=float(config.learning_rate),
+    warmup_steps=max(warmup, 1),
+    decay_steps=steps,
+    end_value=0.0,
   )
 
 
-def _records_for(
-  history: list[dict], seeds, setting, regimen, result_secs, steps
-) -> list[dict]:
-  """Per-seed result records from a run's evaluation history."""
-  final = history[-1]
-  out = []
-  for i, seed in enumerate(seeds):
+def check_hparams(regimen: str, hparams: Mapping[str, Any]) -> dict:
+  """The regimen's hyperparameters as floats; every needed key present.
+
+  Raises:
+    ValueError: an unknown regimen, or a missing / unexpected key (named,
+      with the config path to set).
+  """
+  if regimen not in HPARAM_KEYS:
+    raise ValueError(
+      f"unknown regimen {regimen!r} for this job; valid: "
+      f"{', '.join(HPARAM_KEYS)}."
+    )
+  want = set(HPARAM_KEYS[regimen])
+  have = set(hparams)
+  if want != have:
+    raise ValueError(
+      f"regimen {regimen!r} takes the hyperparameters {sorted(want)}, got "
+      f"{sorted(have)}: set --config.<setting>.hparams.{regimen}.<key>."
+    )
+  return {k: float(v) for k, v in hparams.items()}
+
+
+def make_objective(config, apply, site_names, regimen, hparams):
+  """The objective of one regimen at one hyperparameter point."""
+  hp = check_hparams(regimen, hparams)
+  if regimen in RATE_TUNED:
+    rate = hp["rate"]
+  elif regimen in ANALYTIC:
+    rate = float(config.analytic_rate)
+  else:
+    rate = None
+  rates = None if rate is None else {s: rate for s in site_names}
+  options = {"estimator": config.estimator, **hp}
+  return dropjax.objectives.from_config(
+    regimen, apply, options, rates=rates
+  ), rates
+
+
+class Model:
+  """The config's model: ``apply``, ``init`` and its site names."""
+
+  def __init__(self, config):
+    if config.model.name != "mlp":
+      raise ValueError(
+        f"this job builds an MLP from --config.model.layer_sizes; "
+        f"--config.model.name={config.model.name!r} is not supported here "
+        "(valid: 'mlp')."
+      )
+    self.layer_sizes = tuple(int(v) for v in config.model.layer_sizes)
+    self.apply, _, site_rates = models.make_model(
+      config.model.name, layer_sizes=self.layer_sizes
+    )
+    self.init = models.make_init(
+      config.model.name, layer_sizes=self.layer_sizes
+    )
+    self.sites = tuple(site_rates)
+
+
+def _unstack(tree, i):
+  import jax
+
+  return jax.tree.map(lambda a: np.asarray(a[i]), tree)
+
+
+def _metrics_json(out: dict, i: int) -> dict:
+  return {
+    "accuracy": float(out["accuracy"][i]),
+    "loss": float(out["loss"][i]),
+    "ece": float(out["ece"][i]),
+    "entropy": float(out["entropy"][i]),
+  }
+
+
+def _bins_json(out: dict, i: int) -> dict:
+  return {k: [float(v) for v in out["bins"][k][i]] for k in out["bins"]}
+
+
+def train_point(
+  config,
+  model: Model,
+  ds: djdata.ImageDataset,
+  setting: str,
+  regimen: str,
+  hparams: Mapping[str, Any],
+  *,
+  seeds: Sequence[int],
+  run_dir: str | None,
+  run_name: str,
+  evaluate_test: bool,
+) -> tuple[list[dict], Any]:
+  """Trains one regimen at one hyperparameter point for every seed.
+
+  The seeds share one vmapped run. Validation accuracy (or loss, by
+  ``config.select_metric``) after every ``eval_every`` chunks selects each
+  seed's best parameters. After training, the best and the final parameters
+  are evaluated on the validation split, the first ``train_eval_size``
+  training examples and, when ``evaluate_test``, the test split.
+
+  Returns:
+    ``(records, result)``: one record per seed (see the module docstring)
+    and the engine's :class:`~dropjax.train.TrainResult`.
+
+  Raises:
+    dropjax.train.NonFiniteLossError: a seed's loss became NaN/inf.
+  """
+  sc = config[setting]
+  steps = int(sc.steps)
+  objective, _ = make_objective(
+    config, model.apply, model.sites, regimen, hparams
+  )
+  optimizer = djtrain.make_optimizer(config.optimizer, schedule(config, steps))
+  tr = ds.train
+  n_eval = min(int(config.data.train_eval_size), len(tr))
+  res = djtrain.train(
+    model.apply,
+    objective,
+    optimizer,
+    model.init,
+    (tr.images, tr.labels),
+    steps=steps,
+    batch_size=int(config.batch_size),
+    seeds=tuple(int(s) for s in seeds),
+    chunk_size=int(config.chunk_size),
+    eval_data={"validation": (ds.validation.images, ds.validation.labels)},
+    eval_every=int(sc.eval_every),
+    keep_best=("validation", str(config.select_metric)),
+    run_dir=run_dir,
+    run_name=run_name,
+    devices=int(config.devices) or None,
+    progress=bool(config.progress),
+  )
+  splits = {
+    "validation": (ds.validation.images, ds.validation.labels),
+    "train": (tr.images[:n_eval], tr.labels[:n_eval]),
+  }
+  if evaluate_test:
+    splits["test"] = (ds.test.images, ds.test.labels)
+  evals = {
+    which: {
+      split: djmetrics.predictive_metrics(
+        model.apply, params, x, y, stacked=True
+      )
+      for split, (x, y) in splits.items()
+    }
+    for which, params in (
+      ("best", res.best_params),
+      ("final", res.state.params),
+    )
+  }
+  epoch_len = len(tr) / float(config.batch_size)
+  records = []
+  for i, seed in enumerate(res.seeds):
     curve = [
       {
         "step": r["step"],
@@ -70,37 +304,93 @@ def _records_for(
         "validation_loss": r["eval"]["validation"]["loss"][i],
         "train_loss": r["train"]["loss"][i],
       }
-      for r in history
+      for r in res.history
     ]
-    out.append(
-      {
-        "setting": setting,
-        "regimen": regimen,
-        "seed": int(seed),
-        "steps": int(steps),
-        "test_accuracy": final["eval"]["test"]["accuracy"][i],
-        "test_loss": final["eval"]["test"]["loss"][i],
-        "validation_accuracy": final["eval"]["validation"]["accuracy"][i],
-        "train_eval_accuracy": final["eval"]["train"]["accuracy"][i],
-        "train_eval_loss": final["eval"]["train"]["loss"][i],
-        "final_train_loss": final["train"]["loss"][i],
-        "final_data_loss": final["train"].get("data_loss", [None] * len(seeds))[
-          i
-        ],
-        "train_seconds": result_secs,
-        "validation_curve": curve,
-      }
-    )
+    rec = {
+      "setting": setting,
+      "regimen": regimen,
+      "seed": int(seed),
+      "hparams": {k: float(v) for k, v in hparams.items()},
+      "train_size": len(tr),
+      "steps": steps,
+      "epochs": steps / epoch_len,
+      "best_step": int(res.best_step[int(seed)]),
+      "train_seconds": float(res.train_seconds),
+      "validation_curve": curve,
+    }
+    for which, ev in evals.items():
+      rec[which] = {split: _metrics_json(out, i) for split, out in ev.items()}
+      if "test" in ev:
+        rec[which]["test_bins"] = _bins_json(ev["test"], i)
+    records.append(rec)
+  return records, res
+
+
+# ------------------------------------------------------------ diagnostics
+
+
+def diagnose(config, model: Model, ds, regimen, hparams, params_s, seeds):
+  """Per seed: the expansion and noise diagnostics of trained nets.
+
+  At the rate the regimen was trained with (dropout: its tuned ``q``; the
+  analytic regimens: ``analytic_rate``), on the first
+  ``diagnostics.batch_size`` training and test examples:
+  :func:`dropjax.analysis.taylor_check` (Monte-Carlo ``E_mask[L̄] - L̄``
+  against ``R_exp``, each site alone and all at once); on the first
+  ``diagnostics.noise_batch_size`` training examples:
+  :func:`dropjax.analysis.gradient_noise_check` (dropout's gradient
+  covariance across masks against the implicit regularizer's across signs).
+  """
+  import jax
+
+  dc = config.diagnostics
+  _, rates = make_objective(config, model.apply, model.sites, regimen, hparams)
+  n = int(dc.batch_size)
+  batches = {
+    "train": (ds.train.images[:n], ds.train.labels[:n]),
+    "test": (ds.test.images[:n], ds.test.labels[:n]),
+  }
+  out = []
+  for i, seed in enumerate(seeds):
+    params = _unstack(params_s, i)
+    key = jax.random.key(10_000 + int(seed))
+    rec = {"seed": int(seed), "rate": next(iter(rates.values()))}
+    for split, (x, y) in batches.items():
+      k1, k2 = jax.random.split(jax.random.fold_in(key, len(split)))
+      rec[f"taylor_{split}"] = analysis.taylor_check(
+        model.apply,
+        params,
+        x,
+        y,
+        rates=rates,
+        key=k1,
+        num_masks=int(dc.num_masks),
+        num_label_samples=int(dc.num_label_samples),
+      )
+      if split == "train":
+        m = min(n, int(dc.noise_batch_size))
+        rec["noise_train"] = analysis.gradient_noise_check(
+          model.apply,
+          params,
+          x[:m],
+          y[:m],
+          rates=rates,
+          key=k2,
+          num_samples=int(dc.num_noise_samples),
+          projection_dim=int(dc.projection_dim),
+        )
+    out.append(rec)
   return out
+
+
+# --------------------------------------------------------------- the job
 
 
 def _load_results(path: str) -> dict:
   if os.path.exists(path):
-    import json
-
     with open(path) as f:
       return json.load(f)
-  return {"records": [], "failures": []}
+  return {"records": [], "failures": [], "diagnostics": []}
 
 
 def run(config, workdir: str) -> dict:
@@ -109,12 +399,24 @@ def run(config, workdir: str) -> dict:
   Raises:
     harness.ConfigMismatchError: ``workdir`` holds results of a config that
       differs in a key outside :data:`VOLATILE_KEYS`.
+    ValueError: a bad config (named key) or labels outside the model's
+      outputs, before any training.
   """
+  model = Model(config)
+  for setting in config.settings:
+    if setting not in config:
+      raise ValueError(
+        f"setting {setting!r} has no config block (config.{setting})."
+      )
+    for regimen in config.regimens:
+      hp = config[setting].hparams
+      check_hparams(regimen, hp[regimen].to_dict() if regimen in hp else {})
   os.makedirs(workdir, exist_ok=True)
   harness.check_config(workdir, config, VOLATILE_KEYS)
   path = os.path.join(workdir, RESULTS_FILE)
   results = _load_results(path)
   results["config"] = config.to_dict()
+  results.setdefault("diagnostics", [])
   done = {(r["setting"], r["regimen"]) for r in results["records"]}
   results["failures"] = [
     f
@@ -122,75 +424,29 @@ def run(config, workdir: str) -> dict:
     if (f["setting"], f["regimen"]) not in done
   ]
   t0 = time.time()
-  layer_sizes = tuple(config.model.layer_sizes)
-  apply, _, site_rates = models.make_model(
-    config.model.name, layer_sizes=layer_sizes
-  )
-  init = models.make_init(config.model.name, layer_sizes=layer_sizes)
-  rates = {site: float(config.rate) for site in site_rates}
-  optimizer = djtrain.make_optimizer(config.optimizer, config.learning_rate)
   seeds = tuple(int(s) for s in config.seeds)
-  devices = int(config.devices) or None
-
-  # One objective per regimen, shared by the settings: the trainer caches its
-  # compiled chunk on the objective, so equal-sized settings compile once.
-  objectives = {
-    r: dropjax.objectives.from_config(r, apply, config, rates=rates)
-    for r in config.regimens
-  }
 
   for setting in config.settings:
-    if setting not in config:
-      raise ValueError(
-        f"setting {setting!r} has no config block (config.{setting})."
-      )
     ds = load_setting(config, setting)
-    tr = ds.train
-    for split, labels in (
-      ("training", tr.labels),
-      ("validation", ds.validation.labels),
-      ("test", ds.test.labels),
-    ):
-      try:
-        dropjax.losses.check_labels(
-          labels,
-          layer_sizes[-1],
-          what=f"the {split} labels of {config.data.source!r}",
-        )
-      except ValueError as e:
-        raise ValueError(
-          f"{e} Fix the data, or the model's output size (the last entry "
-          "of --config.model.layer_sizes)."
-        ) from None
-    n_eval = min(int(config.data.train_eval_size), len(tr))
-    eval_data = {
-      "validation": (ds.validation.images, ds.validation.labels),
-      "test": (ds.test.images, ds.test.labels),
-      "train": (tr.images[:n_eval], tr.labels[:n_eval]),
-    }
+    check_dataset(config, ds)
     for regimen in config.regimens:
       if (setting, regimen) in done:
         print(f"[compare] {setting}/{regimen}: finished earlier, skipped.")
         continue
-      objective = objectives[regimen]
+      hparams = config[setting].hparams[regimen].to_dict()
       run_dir = os.path.join(workdir, "runs", setting, regimen)
       try:
-        res = djtrain.train(
-          apply,
-          objective,
-          optimizer,
-          init,
-          (tr.images, tr.labels),
-          steps=int(config[setting].steps),
-          batch_size=config.batch_size,
+        records, res = train_point(
+          config,
+          model,
+          ds,
+          setting,
+          regimen,
+          hparams,
           seeds=seeds,
-          chunk_size=config.chunk_size,
-          eval_data=eval_data,
-          eval_every=int(config[setting].eval_every),
           run_dir=run_dir,
           run_name=f"{setting}/{regimen}",
-          devices=devices,
-          progress=config.progress,
+          evaluate_test=True,
         )
       except djtrain.NonFiniteLossError as err:
         print(f"[compare] {err}", file=sys.stderr)
@@ -199,30 +455,30 @@ def run(config, workdir: str) -> dict:
         )
         djtrain.write_json_atomic(path, results)
         continue
-      results["records"].extend(
-        _records_for(
-          res.history,
-          res.seeds,
-          setting,
-          regimen,
-          res.train_seconds,
-          config[setting].steps,
+      if regimen in config.diagnostics.regimens:
+        t_diag = time.time()
+        diag = diagnose(
+          config, model, ds, regimen, hparams, res.best_params, res.seeds
         )
-      )
+        results["diagnostics"].append(
+          {
+            "setting": setting,
+            "regimen": regimen,
+            "seconds": time.time() - t_diag,
+            "seeds": diag,
+          }
+        )
+      results["records"].extend(records)
       djtrain.write_json_atomic(path, results)
   # Accumulated over sessions when the job is resumed.
   results["wall_seconds"] = results.get("wall_seconds", 0.0) + (
     time.time() - t0
   )
-  results["versions"] = _versions()
+  results["versions"] = harness.software_versions()
   djtrain.write_json_atomic(path, results)
 
   compare_report.write_report(results, workdir, config)
   return results
-
-
-def _versions() -> dict[str, Any]:
-  return harness.software_versions()
 
 
 def _print_done(config, workdir, results):

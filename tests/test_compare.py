@@ -35,25 +35,47 @@ def test_smoke_writes_results_report_and_plots(smoke_run):
   n_expected = len(config.settings) * len(config.regimens) * len(config.seeds)
   assert len(on_disk["records"]) == n_expected
   assert not on_disk["failures"]
-  rec = on_disk["records"][0]
-  for field in (
-    "regimen",
-    "seed",
-    "setting",
-    "test_accuracy",
-    "test_loss",
-    "final_train_loss",
-    "validation_curve",
-  ):
-    assert field in rec
   for r in on_disk["records"]:
-    assert 0.0 <= r["test_accuracy"] <= 1.0
-    assert r["test_loss"] > 0
-    assert len(r["validation_curve"]) >= 1
+    for which in ("best", "final"):
+      for split in ("test", "train", "validation"):
+        m = r[which][split]
+        assert 0.0 <= m["accuracy"] <= 1.0 and m["loss"] > 0
+        assert 0.0 <= m["ece"] <= 1.0 and m["entropy"] >= 0
+      assert sum(r[which]["test_bins"]["count"]) == 10000
+    # The best-validation parameters are at least as good on validation as
+    # the final ones (the final step is one of the evaluations).
+    assert (
+      r["best"]["validation"]["accuracy"]
+      >= r["final"]["validation"]["accuracy"] - 1e-6
+    )
+    assert r["best_step"] in [c["step"] for c in r["validation_curve"]]
+    assert r["hparams"] == config[r["setting"]].hparams[r["regimen"]].to_dict()
+  diag = {(d["setting"], d["regimen"]) for d in on_disk["diagnostics"]}
+  assert diag == {
+    (s, r) for s in config.settings for r in config.diagnostics.regimens
+  }
+  for d in on_disk["diagnostics"]:
+    for seed in d["seeds"]:
+      # every site alone, then every site at once
+      assert list(seed["taylor_train"]) == ["hidden_0", "hidden_1", "all"]
+      assert list(seed["noise_train"]) == ["hidden_0", "hidden_1", "all"]
+      for v in seed["taylor_test"].values():
+        assert v["mc_se"] > 0 and v["r_exp_gauss_newton"] > 0
   report = open(os.path.join(workdir, "report.md")).read()
-  assert "explicit + implicit" in report and "DROPOUT_2" in report
-  assert "Analytic replacement vs dropout" in report
-  for png in ("learning_curves.png", "test_accuracy.png"):
+  for want in (
+    "## Verdict",
+    "explicit + implicit",
+    "Gaussian dropout",
+    "Paired differences against dropout",
+    "Gauss–Newton / MC",
+    "Final parameters",
+  ):
+    assert want in report, want
+  for png in (
+    "learning_curves.png",
+    "paired_differences.png",
+    "reliability.png",
+  ):
     assert os.path.getsize(os.path.join(workdir, png)) > 1000
 
 
@@ -65,8 +87,8 @@ def test_rerun_skips_finished_runs(smoke_run, capsys):
   assert out.count("finished earlier, skipped") == (
     len(config.settings) * len(config.regimens)
   )
-  assert [r["test_accuracy"] for r in again["records"]] == [
-    r["test_accuracy"] for r in first["records"]
+  assert [r["best"]["test"]["accuracy"] for r in again["records"]] == [
+    r["best"]["test"]["accuracy"] for r in first["records"]
   ]
 
 
@@ -74,7 +96,7 @@ def test_rerun_skips_finished_runs(smoke_run, capsys):
 def test_nan_stops_the_run_and_keeps_the_others(tmp_path):
   config = compare_configs.get_config("smoke")
   config.regimens = ("none", "dropout")
-  config.settings = ("small",)
+  config.settings = ("n1000",)
   config.seeds = (0,)
   config.learning_rate = 1e30  # Adam's first step: |Δw| ~ 1e30
   config.model.layer_sizes = (784, 8, 10)
@@ -88,8 +110,12 @@ def test_nan_stops_the_run_and_keeps_the_others(tmp_path):
 def test_bad_data_directory_names_the_fix(tmp_path):
   config = compare_configs.get_config("smoke")
   config.data.source = f"idx:{tmp_path / 'nowhere'}"
-  with pytest.raises(djdata.DataError, match="dataset-fashion-mnist"):
+  with pytest.raises(djdata.DataError, match=r"idx:/path/to/dir"):
     compare.run(config, str(tmp_path / "out"))
+  config.data.source = "fashion_mnist"
+  config.data.data_dir = str(tmp_path / "nowhere")
+  with pytest.raises(djdata.DataError, match="dataset-fashion-mnist"):
+    compare.run(config, str(tmp_path / "out2"))
 
 
 @needs_data
@@ -108,4 +134,91 @@ def test_labels_outside_the_model_outputs_stop_before_training(
     match=r"training labels .* lie in \[0, 9\] but the model has "
     r"5 outputs.*--config.model.layer_sizes",
   ):
+    compare.run(config, str(tmp_path))
+
+
+def _record(regimen, seed, acc, loss=0.5, ece=0.05, setting="s"):
+  m = {"accuracy": acc, "loss": loss, "ece": ece, "entropy": 0.3}
+  return {
+    "setting": setting,
+    "regimen": regimen,
+    "seed": seed,
+    "hparams": {},
+    "train_size": 100,
+    "steps": 10,
+    "epochs": 1.0,
+    "best_step": 10,
+    "train_seconds": 1.0,
+    "validation_curve": [
+      {
+        "step": 10,
+        "epoch": 1,
+        "validation_accuracy": acc,
+        "validation_loss": loss,
+        "train_loss": loss,
+      }
+    ],
+    "best": {"test": m, "train": m, "validation": m},
+    "final": {"test": m, "train": m, "validation": m},
+  }
+
+
+def test_paired_differences_and_verdicts_skip_runs_that_did_not_train():
+  from experiments import compare_report as cr
+
+  accs_none = [0.80, 0.81, 0.79, 0.82, 0.80]
+  accs_drop = [
+    0.82,
+    0.83,
+    0.80,
+    0.85,
+    0.81,
+  ]  # +0.02, +0.02, +0.01, +0.03, +0.01
+  records = [_record("none", s, a) for s, a in enumerate(accs_none)]
+  records += [_record("dropout", s, a) for s, a in enumerate(accs_drop)]
+  d = cr.paired(records, "s", "dropout", "none", "accuracy")
+  diffs = [b - a for a, b in zip(accs_none, accs_drop)]
+  import numpy as np
+
+  assert d.n == 5
+  assert abs(d.mean - np.mean(diffs)) < 1e-12
+  assert abs(d.sd - np.std(diffs, ddof=1) / np.sqrt(5)) < 1e-12
+  # a diverged regimen: chance accuracy, huge loss
+  records += [_record("l2", s, 0.1, loss=1e18) for s in range(5)]
+  config = {
+    "model": {"layer_sizes": (784, 10)},
+    "regimens": ("none", "dropout", "l2"),
+    "settings": ("s",),
+  }
+  text = " ".join(cr.findings({"records": records}, config))
+  assert "did not train" in text and "L2 seed 0" in text
+  assert "dropout − none: test accuracy +1.80 pp (± 0.37, better)" in text
+  assert "L2 − none" not in text  # no verdict over diverged runs
+
+
+@pytest.mark.parametrize(
+  "key,value,message",
+  [
+    ("model.name", "cnn", r"--config.model.name='cnn' is not supported"),
+    (
+      "model.layer_sizes",
+      (100, 32, 10),
+      r"\(28, 28, 1\) \(784 inputs\).*--config.model.layer_sizes",
+    ),
+    ("data.validation_size", 60000, r"--config.data.validation_size"),
+  ],
+)
+@needs_data
+def test_bad_configs_are_refused_before_training(
+  tmp_path, monkeypatch, key, value, message
+):
+  config = compare_configs.get_config("smoke")
+  section, _, name = key.partition(".")
+  config[section][name] = value
+
+  def no_training(*a, **k):
+    raise AssertionError("training started")
+
+  monkeypatch.setattr(compare.djtrain, "train", no_training)
+  with pytest.raises(ValueError, match=message):
     compare.run(config, str(tmp_path))

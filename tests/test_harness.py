@@ -15,6 +15,7 @@ from experiments import stats
 from experiments.configs import compare as compare_configs
 from experiments.configs import compressibility as cmp_configs
 from experiments.configs import language_model as lm_configs
+from experiments.configs import tune as tune_configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINTS = (
@@ -24,6 +25,8 @@ ENTRY_POINTS = (
   "compressibility_report",
   "language_model",
   "language_model_report",
+  "tune",
+  "tune_report",
 )
 
 
@@ -45,7 +48,8 @@ def _cli(*args, timeout=300):
 @pytest.mark.parametrize(
   "module,valid",
   [
-    (compare_configs, "default, smoke"),
+    (compare_configs, "default, accel, smoke"),
+    (tune_configs, "default, accel, smoke"),
     (cmp_configs, "default, smoke"),
     (lm_configs, "default, smoke, accel"),
   ],
@@ -112,12 +116,12 @@ def test_check_config_names_every_differing_key(tmp_path):
   config.progress = True
   harness.check_config(str(tmp_path), config, compare.VOLATILE_KEYS)
   config.learning_rate = 0.5
-  config.full.steps = 7
+  config.n5000.steps = 7
   with pytest.raises(harness.ConfigMismatchError) as e:
     harness.check_config(str(tmp_path), config, compare.VOLATILE_KEYS)
   msg = str(e.value)
   assert "learning_rate: 0.001 -> 0.5" in msg
-  assert "full.steps: 40 -> 7" in msg
+  assert "n5000.steps: 40 -> 7" in msg
   assert "another --workdir" in msg and "regimens" not in msg
   assert isinstance(e.value, ValueError)
 
@@ -247,7 +251,10 @@ def test_cli_errors_are_one_line_and_leave_no_workdir(tmp_path):
   cfg = "experiments/configs/compare.py"
   for args, want in (
     ((), "--workdir is required"),
-    (("--workdir", w, "--config", f"{cfg}:bogus"), "valid: default, smoke"),
+    (
+      ("--workdir", w, "--config", f"{cfg}:bogus"),
+      "valid: default, accel, smoke",
+    ),
     (("--workdir", w, "--config", "nowhere.py"), "no config file"),
     (("--workdir", w, "--config.seeds=a,b"), "comma list"),
     (("--workdir", w, "--config.nokey=1"), "unknown config key"),
