@@ -227,9 +227,12 @@ def plot(results: dict, workdir: str) -> str | None:
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=2, label=label)
       if x_axis != "rate":
         ax.set_xscale("log")
+        ticks = sorted({p["hparams"][x_axis] for p in c["points"]})
+        ax.minorticks_off()
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
       if base is not None:
         ax.axhline(base["mean"], color="gray", ls="--", lw=1, label="none")
-      ax.set_title(f"{s}: {r}", fontsize=9)
+      ax.set_title(f"{s}: {r} (mean ± SD over seeds)", fontsize=8)
       ax.set_xlabel(x_axis, fontsize=8)
       if j == 0:
         ax.set_ylabel("best val. accuracy", fontsize=8)

@@ -222,3 +222,58 @@ def test_bad_configs_are_refused_before_training(
   monkeypatch.setattr(compare.djtrain, "train", no_training)
   with pytest.raises(ValueError, match=message):
     compare.run(config, str(tmp_path))
+
+
+def test_compounding_and_the_diagnostics_sentence_follow_the_numbers():
+  from experiments import compare_report as cr
+
+  def site(gap, td, ti):
+    return (
+      {
+        "mc_gap": gap,
+        "mc_se": 0.01,
+        "r_exp_gauss_newton": gap / 2,
+        "r_exp_sampled_label": gap / 2,
+      },
+      {
+        "trace_dropout": td,
+        "trace_implicit": ti,
+        "trace_ratio": ti / td,
+        "relative_distance": 0.5,
+        "noise_floor": 0.2,
+      },
+    )
+
+  def entry(seed, scale):
+    a, b, joint = (
+      site(1.0, 2.0, 1.0),
+      site(3.0, 2.0, 1.0),
+      site(8.0 * scale, 12.0, 2.0),
+    )
+    return {
+      "seed": seed,
+      "rate": 0.5,
+      "taylor_train": {"h1": a[0], "h2": b[0], "all": joint[0]},
+      "taylor_test": {"h1": a[0], "h2": b[0], "all": joint[0]},
+      "noise_train": {"h1": a[1], "h2": b[1], "all": joint[1]},
+    }
+
+  results = {
+    "records": [],
+    "diagnostics": [
+      {
+        "setting": "s",
+        "regimen": "dropout",
+        "seeds": [entry(0, 1.0), entry(1, 1.5)],
+      }
+    ],
+  }
+  c = cr.compounding(results, "s", "dropout")
+  # all / (sum of sites): gaps (8, 12) / 4, traces 12 / 4, implicit 2 / 2
+  assert c == {"gap": 2.5, "noise_dropout": 3.0, "noise_implicit": 1.0}
+  text = cr.diagnostics_sentence(results, "s", "dropout")
+  assert "with every site dropped at once it is 0.50x" in text
+  assert "understates the expected loss increase" in text
+  assert "2.50x the sum of the single-site loss increases" in text
+  assert "noises compound" in text
+  assert cr.compounding({"diagnostics": []}, "s", "dropout") is None
