@@ -91,10 +91,18 @@ def row_multiset(images, labels) -> np.ndarray:
   return np.sort(rows.view(np.dtype((np.void, rows.shape[1]))).ravel())
 
 
-def assert_fix_hints(message: str, path) -> None:
+# An idx:<dir> source's own hint: the directory is the source's, so it names
+# neither the Debian package nor --config.data.data_dir.
+IDX_SOURCE_HINTS = ("--config.data.source=idx:/path/to/dir", "four IDX files")
+
+
+def assert_fix_hints(message: str, path, *, source: str = "fashion_mnist"):
   assert os.fspath(path) in message
-  for hint in FIX_HINTS:
+  hints = IDX_SOURCE_HINTS if source == "idx" else FIX_HINTS
+  for hint in hints:
     assert hint in message, f"{hint!r} missing from: {message}"
+  if source == "idx":
+    assert "apt-get install" not in message, message
 
 
 # ----------------------------------------------------------------- IDX reader
@@ -265,7 +273,9 @@ def test_missing_file(tmp_path):
   (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
   with pytest.raises(data.DataNotFoundError) as err:
     data.load_dataset(f"idx:{tmp_path}", validation_size=1)
-  assert_fix_hints(str(err.value), tmp_path / "t10k-labels-idx1-ubyte.gz")
+  assert_fix_hints(
+    str(err.value), tmp_path / "t10k-labels-idx1-ubyte.gz", source="idx"
+  )
 
 
 @pytest.mark.parametrize(
@@ -284,7 +294,7 @@ def test_bad_magic(tmp_path, magic):
   )
   with pytest.raises(data.DataError, match="magic") as err:
     data.load_dataset(f"idx:{tmp_path}", validation_size=1)
-  assert_fix_hints(str(err.value), path)
+  assert_fix_hints(str(err.value), path, source="idx")
 
 
 @pytest.mark.parametrize(
@@ -296,7 +306,7 @@ def test_truncated_file(tmp_path, cut):
   path = write_file(tmp_path, "train_images", full[: max(len(full) - cut, 6)])
   with pytest.raises(data.DataError, match="truncated") as err:
     data.load_dataset(f"idx:{tmp_path}", validation_size=1)
-  assert_fix_hints(str(err.value), path)
+  assert_fix_hints(str(err.value), path, source="idx")
 
 
 def test_trailing_bytes(tmp_path):
