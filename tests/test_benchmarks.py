@@ -244,3 +244,47 @@ def test_sweep_vmap_trains_each_point_as_its_own_program(tmp_path):
   for r in result["records"]:
     assert r["per_point_step_ms"] > 0 and r["compile_s"] > 0
   assert "| dropout | 2 |" in open(str(tmp_path / "sweep.md")).read()
+
+
+def test_accelerator_script_cpu_path_writes_one_json(tmp_path):
+  import subprocess
+  import sys
+
+  out = tmp_path / "acc"
+  env = dict(os.environ, PYTHON=sys.executable)
+  r = subprocess.run(
+    [
+      "bash",
+      "benchmarks/accelerator.sh",
+      str(out),
+      "--skip-install",
+      "--allow-cpu",
+      "--micro",
+      "--steps",
+      "40",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  with open(out / "accelerator.json") as f:
+    d = json.load(f)
+  assert d["device"]["backend"] == "cpu"
+  assert {r["regimen"] for r in d["bench_records"]} >= {
+    "dropout",
+    "explicit_implicit",
+  }
+  s = d["main_job_slice"]
+  assert s["steps"] == 40 and s["regimen"] == "explicit_implicit"
+  assert s["wall_s"] > 0 and s["steady_ms_per_step"] > 0
+  # Without --allow-cpu a CPU-only JAX is refused with the fix.
+  r = subprocess.run(
+    ["bash", "benchmarks/accelerator.sh", str(out), "--skip-install"],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=120,
+  )
+  assert r.returncode != 0 and "--allow-cpu" in r.stderr
