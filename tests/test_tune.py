@@ -76,7 +76,12 @@ def test_choose_maximises_the_mean_over_seeds_first_max_wins():
   by_loss = tune.choose(recs, "loss")["s"]["dropout"]
   assert by_loss["hparams"] == {"rate": 0.1}
   snippet = tune_report.tuned_snippet(tune.choose(recs))
-  assert "'dropout': {'rate': 0.1}" in snippet
+  # As the config file holds it (double quotes, the formatter's style) ...
+  assert '"dropout": {"rate": 0.1}' in snippet
+  # ... and valid Python that evaluates to the chosen values.
+  namespace: dict = {}
+  exec(snippet, namespace)
+  assert namespace["TUNED"] == {"s": {"dropout": {"rate": 0.1}}}
 
 
 @needs_data
@@ -132,3 +137,24 @@ def test_edge_of_grid_is_flagged_only_on_axes_with_an_interior():
     "explicit_scale=0.5"
   ]
   assert tune_report.edge_axes(config, "none", {}) == []
+
+
+def test_main_job_defaults_are_the_recorded_tuning_runs_choice():
+  # docs/results/tune/results.json is the tuning run behind the defaults;
+  # the config's TUNED block must be exactly its choice.
+  from experiments.configs import compare as compare_config
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, "docs/results/tune/results.json")) as f:
+    recorded = json.load(f)
+  assert compare_config.TUNED == {
+    s: {r: c["hparams"] for r, c in regs.items()}
+    for s, regs in recorded["chosen"].items()
+  }
+  # ... and choose() on its records still makes the same choice.
+  again = tune.choose(recorded["records"])
+  assert {
+    s: {r: c["hparams"] for r, c in regs.items()} for s, regs in again.items()
+  } == compare_config.TUNED
+  with open(os.path.join(root, "experiments/configs/compare.py")) as f:
+    assert tune_report.tuned_snippet(recorded["chosen"]) in f.read()
