@@ -85,7 +85,11 @@ class Dropout(nnx.Dropout):
   Args:
     rate: drop probability ``q`` in ``[0, 1)`` used when the layer runs on its
       own (and reported by :func:`site_spec` as the site's default rate).
-    site: the site name, unique within the model (a static string).
+    site: the site name, unique within the model (a static string). ``None``
+      (the default, so that only the import changes when swapping
+      ``nnx.Dropout``): the layer's path in the model, e.g.
+      ``"blocks.0.dropout"``, given when the model is turned into ``apply``
+      (:func:`functional`, :func:`site_spec`).
     broadcast_dims: axes that share one mask (locked dropout); also reported
       by :func:`site_spec` for the regimens that sample masks.
     deterministic, rng_collection, rngs: as for ``nnx.Dropout``.
@@ -98,7 +102,7 @@ class Dropout(nnx.Dropout):
     self,
     rate: float,
     *,
-    site: str,
+    site: str | None = None,
     broadcast_dims: Sequence[int] = (),
     deterministic: bool | None = False,
     rng_collection: str = "dropout",
@@ -107,8 +111,11 @@ class Dropout(nnx.Dropout):
     from dropjax.dropout import check_rate
 
     check_rate(rate)
-    if not isinstance(site, str) or not site:
-      raise ValueError(f"site must be a non-empty string, got {site!r}.")
+    if site is not None and (not isinstance(site, str) or not site):
+      raise ValueError(
+        f"site must be a non-empty string or None (named from the layer's "
+        f"path), got {site!r}."
+      )
     super().__init__(
       rate,
       broadcast_dims=broadcast_dims,
@@ -123,6 +130,11 @@ class Dropout(nnx.Dropout):
   ) -> Array:
     sites = _ACTIVE_SITES.get()
     if sites is not None:
+      if self.site is None:
+        raise ValueError(
+          "this dropjax.flax.Dropout has no site name: build apply with "
+          "dropjax.flax.functional(model), which names it from its path."
+        )
       return sites(self.site, inputs)
     return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
 
@@ -140,18 +152,64 @@ class SiteSpec:
   broadcast_axes: dict[str, tuple[int, ...]]
 
 
+def _path_name(path) -> str:
+  return ".".join(str(p) for p in path) or "dropout"
+
+
+def name_sites(model: nnx.Module) -> dict[str, str]:
+  """Checks the model's dropout layers and names the unnamed ones.
+
+  Every :class:`Dropout` without a ``site`` gets its path in the model
+  (``"blocks.0.dropout"``); named ones keep their name. A stock
+  ``flax.nnx.Dropout`` with a non-zero rate is refused: dropjax cannot reach
+  it, and inside ``apply`` it would ask for RNG state from another trace.
+
+  Returns:
+    ``{site: layer path}`` in graph order.
+
+  Raises:
+    ValueError: a stock ``nnx.Dropout`` (its path and the layer to use
+      instead), or two layers with one site name (both paths).
+  """
+  owners: dict[str, str] = {}
+  for path, m in nnx.iter_graph(model):
+    if not isinstance(m, nnx.Dropout):
+      continue
+    where = _path_name(path)
+    if not isinstance(m, Dropout):
+      if float(m.rate) > 0 and not m.deterministic:
+        raise ValueError(
+          f"layer {where!r} is a stock flax.nnx.Dropout (rate {m.rate}), "
+          "which dropjax cannot reach: replace it with "
+          "dropjax.flax.Dropout(rate) (same arguments; the site is named "
+          f"{where!r} from its path, or pass site=...)."
+        )
+      continue
+    if m.site is None:
+      m.site = where
+    if m.site in owners and owners[m.site] != where:
+      raise ValueError(
+        f"two Dropout layers share the site name {m.site!r}: "
+        f"{owners[m.site]!r} and {where!r}."
+      )
+    owners[m.site] = where
+  return owners
+
+
 def site_spec(model: nnx.Module) -> SiteSpec:
   """Collects the :class:`Dropout` layers' site names, rates and axes.
 
+  Unnamed layers are named from their path first (:func:`name_sites`).
+
   Raises:
-    ValueError: if two layers share a site name.
+    ValueError: two layers share a site name, or the model holds a stock
+      ``nnx.Dropout`` (see :func:`name_sites`).
   """
+  name_sites(model)
   rates: dict[str, float] = {}
   axes: dict[str, tuple[int, ...]] = {}
   for _, m in nnx.iter_graph(model):
-    if isinstance(m, Dropout):
-      if m.site in rates:
-        raise ValueError(f"two Dropout layers share the site name {m.site!r}.")
+    if isinstance(m, Dropout) and m.site not in rates:
       rates[m.site] = float(m.rate)
       if m.broadcast_dims:
         axes[m.site] = tuple(m.broadcast_dims)
@@ -179,7 +237,12 @@ def functional(
 
   Returns:
     ``(apply, params)``.
+
+  Raises:
+    ValueError: the model holds a stock ``nnx.Dropout`` or two layers with
+      one site name (:func:`name_sites`, which also names unnamed sites).
   """
+  name_sites(model)
   graphdef, state, rest = nnx.split(model, wrt, ...)
   params = nnx.to_pure_dict(state)
 

@@ -90,3 +90,76 @@ def test_bad_layers():
 
   with pytest.raises(ValueError, match="share the site name"):
     dropjax.flax.site_spec(Dup())
+
+
+class _Block(nnx.Module):
+  def __init__(self, rngs, drop):
+    self.lin = nnx.Linear(4, 4, rngs=rngs)
+    self.dropout = drop(0.3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.dropout(nnx.relu(self.lin(x)))
+
+
+class _Net(nnx.Module):
+  """Two blocks and a head, dropout layers built by ``drop``."""
+
+  def __init__(self, rngs, drop):
+    self.blocks = nnx.List([_Block(rngs, drop), _Block(rngs, drop)])
+    self.head = nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, x):
+    for b in self.blocks:
+      x = b(x)
+    return self.head(x)
+
+
+def test_only_the_import_changes_sites_are_named_from_their_paths():
+  model = _Net(nnx.Rngs(0), dropjax.flax.Dropout)  # no site= anywhere
+  spec = dropjax.flax.site_spec(model)
+  assert spec.rates == {"blocks.0.dropout": 0.3, "blocks.1.dropout": 0.3}
+  apply, params = dropjax.flax.functional(model)
+  batch = (jnp.ones((5, 4)), jnp.array([0, 1, 2, 0, 1]))
+  for make in (
+    dropjax.objectives.dropout,
+    dropjax.objectives.explicit_implicit,
+  ):
+    obj = make(apply, rates=spec.rates)
+    (loss, aux), g = jax.value_and_grad(obj, has_aux=True)(
+      params, batch, jax.random.key(0)
+    )
+    assert jnp.isfinite(loss)
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g))
+  # The sites are real: identity sites give the eval model, dropout differs.
+  x = batch[0]
+  model.eval()
+  np.testing.assert_allclose(
+    apply(params, x, dropjax.sites.identity_sites), model(x), rtol=1e-6
+  )
+  dropped = apply(
+    params, x, dropjax.sites.dropout_sites(jax.random.key(1), 0.9)
+  )
+  assert not np.allclose(dropped, model(x))
+
+
+def test_stock_nnx_dropout_is_refused_with_the_layer_to_swap():
+  model = _Net(nnx.Rngs(0), nnx.Dropout)
+  for fn in (dropjax.flax.functional, dropjax.flax.site_spec):
+    with pytest.raises(ValueError) as e:
+      fn(model)
+    msg = str(e.value)
+    assert "'blocks.0.dropout' is a stock flax.nnx.Dropout" in msg
+    assert "dropjax.flax.Dropout(rate)" in msg
+  # A stock layer that never drops (rate 0, or deterministic) is harmless.
+  quiet = _Net(nnx.Rngs(0), lambda q, rngs: nnx.Dropout(0.0, rngs=rngs))
+  assert dropjax.flax.site_spec(quiet).rates == {}
+
+
+def test_a_given_name_that_collides_with_a_path_name_is_refused():
+  class Clash(nnx.Module):
+    def __init__(self, rngs):
+      self.a = dropjax.flax.Dropout(0.5, rngs=rngs)  # named "a"
+      self.b = dropjax.flax.Dropout(0.5, site="a", rngs=rngs)
+
+  with pytest.raises(ValueError, match="share the site name 'a': 'a' and 'b'"):
+    dropjax.flax.site_spec(Clash(nnx.Rngs(0)))
