@@ -67,6 +67,21 @@ def _site_rates(apply, params, x, rates) -> dict[str, float]:
   return {n: float(q) for n, q in _sites.resolve_rates(rates, names).items()}
 
 
+def _active_rates(apply, params, x, rates, loss):
+  """``({site: q} over every site, {site: q} over the dropped ones)``.
+
+  Raises:
+    ValueError: an unknown loss, a model without sites, or every rate 0.
+    KeyError: ``rates`` names a site the model does not have.
+  """
+  _losses.check_loss(loss)
+  site_rates = _site_rates(apply, params, x, rates)
+  active = {n: q for n, q in site_rates.items() if q > 0}
+  if not active:
+    raise ValueError("every rate is 0: there is no dropout to diagnose.")
+  return site_rates, active
+
+
 def _common_rate(active: Mapping[str, float], members) -> float | None:
   """The rate shared by ``members``, or ``None`` if they differ."""
   qs = {float(active[n]) for n in members}
@@ -257,11 +272,7 @@ def taylor_check(
   """
   num_masks = _check_count(num_masks, "num_masks", 2)
   num_label_samples = _check_count(num_label_samples, "num_label_samples", 2)
-  _losses.check_loss(loss)
-  site_rates = _site_rates(apply, params, x, rates)
-  active = {n: q for n, q in site_rates.items() if q > 0}
-  if not active:
-    raise ValueError("every rate is 0: there is no dropout to diagnose.")
+  site_rates, active = _active_rates(apply, params, x, rates, loss)
   k_gap, k_label = jax.random.split(key)
   gn = _gauss_newton_terms(apply, params, x, site_rates, loss=loss)
   sl = _sampled_label_terms(
@@ -447,11 +458,7 @@ def gradient_noise_check(
       f"num_samples ({num_samples}) must be a multiple of groups ({groups})."
     )
   projection_dim = _check_count(projection_dim, "projection_dim", 1)
-  _losses.check_loss(loss)
-  site_rates = _site_rates(apply, params, x, rates)
-  active = {n: q for n, q in site_rates.items() if q > 0}
-  if not active:
-    raise ValueError("every rate is 0: there is no dropout to diagnose.")
+  site_rates, active = _active_rates(apply, params, x, rates, loss)
   per_group = num_samples // groups
   flat, _ = ravel_pytree(params)
   k_proj, k_boot, key = jax.random.split(key, 3)
