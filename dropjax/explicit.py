@@ -108,6 +108,18 @@ def explicit_targets(
   return _losses.sample_targets(loss, key, outputs)
 
 
+def _label_site_grads(lin, estimator, loss, key, y, site_grads):
+  """``∂L̃/∂v`` of the sampled- or true-label loss (or the given ones)."""
+  if site_grads is not None:
+    return site_grads
+  targets = explicit_targets(estimator, loss, lin.outputs, key=key, y=y)
+  return lin.vjp(_losses.loss_cotangent(loss, lin.outputs, targets))
+
+
+def _coefficients(rates: Mapping[str, Array]) -> dict[str, Array]:
+  return {k: taylor_coefficient(q) for k, q in rates.items()}
+
+
 def explicit_terms(
   lin: _sites.Linearization,
   rates: Mapping[str, Array],
@@ -154,12 +166,10 @@ def explicit_terms(
     )
   outputs, acts = lin.outputs, lin.activations
   n = _losses.num_positions(outputs)
-  coefs = {k: taylor_coefficient(q) for k, q in rates.items()}
+  coefs = _coefficients(rates)
 
   if estimator in ("sampled_label", "true_label"):
-    if site_grads is None:
-      targets = explicit_targets(estimator, loss, outputs, key=key, y=y)
-      site_grads = lin.vjp(_losses.loss_cotangent(loss, outputs, targets))
+    site_grads = _label_site_grads(lin, estimator, loss, key, y, site_grads)
     return {
       name: n * weighted_squares({name: v}, site_grads, coefs)
       for name, v in acts.items()
@@ -219,12 +229,9 @@ def explicit_from_linearization(
   if estimator in ("sampled_label", "true_label"):
     # One weighted sum over every site (the per-site terms of
     # explicit_terms add up to it up to float rounding).
-    if site_grads is None:
-      targets = explicit_targets(estimator, loss, outputs, key=key, y=y)
-      site_grads = lin.vjp(_losses.loss_cotangent(loss, outputs, targets))
-    coefs = {k: taylor_coefficient(q) for k, q in rates.items()}
+    site_grads = _label_site_grads(lin, estimator, loss, key, y, site_grads)
     n = _losses.num_positions(outputs)
-    return n * weighted_squares(acts, site_grads, coefs)
+    return n * weighted_squares(acts, site_grads, _coefficients(rates))
 
   if estimator == "gauss_newton":
     total = 0.0
@@ -243,7 +250,7 @@ def explicit_from_linearization(
     raise ValueError(
       "estimator='identity_hessian' is stochastic and needs a key."
     )
-  coefs = {k: taylor_coefficient(q) for k, q in rates.items()}
+  coefs = _coefficients(rates)
   n = _losses.num_positions(outputs)
   tangents = {}
   for name, v in acts.items():
