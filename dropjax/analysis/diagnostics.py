@@ -46,14 +46,16 @@ ALL_SITES = "all"
 
 
 def _configs(
-  rates: Mapping[str, float], per_site: bool
+  site_rates: Mapping[str, float], per_site: bool
 ) -> dict[str, dict[str, float]]:
-  """``{config: {site: q}}``: each site alone (others at 0), then all."""
+  """``{config: {site: q}}`` over every site: each dropped site alone (the
+  others at 0), then every site at its rate (``"all"``)."""
   out = {}
   if per_site:
-    for name in rates:
-      out[name] = {n: (float(rates[n]) if n == name else 0.0) for n in rates}
-  out[ALL_SITES] = {n: float(q) for n, q in rates.items()}
+    for name, q in site_rates.items():
+      if q > 0:
+        out[name] = {n: (float(q) if n == name else 0.0) for n in site_rates}
+  out[ALL_SITES] = {n: float(q) for n, q in site_rates.items()}
   return out
 
 
@@ -157,7 +159,31 @@ def dropout_gap(
   num_masks = _check_count(num_masks, "num_masks", 2)
   _losses.check_loss(loss)
   site_rates = _site_rates(apply, params, x, rates)
-  clean = _losses.mean_loss(loss, apply(params, x, _sites.identity_sites), y)
+  return _gap(
+    apply,
+    params,
+    x,
+    y,
+    site_rates,
+    key,
+    clean=_clean_loss(apply, params, x, y, loss),
+    loss=loss,
+    num_masks=num_masks,
+    noise=noise,
+    chunk=chunk,
+  )
+
+
+def _clean_loss(apply, params, x, y, loss) -> float:
+  return float(
+    _losses.mean_loss(loss, apply(params, x, _sites.identity_sites), y)
+  )
+
+
+def _gap(
+  apply, params, x, y, site_rates, key, *, clean, loss, num_masks, noise, chunk
+):
+  """:func:`dropout_gap` on checked inputs, given the clean loss."""
   per_mask = _mc_losses(
     apply,
     params,
@@ -170,7 +196,7 @@ def dropout_gap(
     noise=noise,
     chunk=min(int(chunk), num_masks),
   )
-  d = np.asarray(per_mask, np.float64) - float(clean)
+  d = np.asarray(per_mask, np.float64) - clean
   return float(d.mean()), float(d.std(ddof=1) / math.sqrt(num_masks))
 
 
@@ -287,18 +313,19 @@ def taylor_check(
   gn = {n: float(v) for n, v in gn.items()}
   sl = {n: np.asarray(v, np.float64) for n, v in sl.items()}
   out = {}
-  configs = _configs(active, per_site)
-  for i, (name, cfg_rates) in enumerate(configs.items()):
-    cfg_rates = {n: cfg_rates.get(n, 0.0) for n in site_rates}
-    gap, se = dropout_gap(
+  clean = _clean_loss(apply, params, x, y, loss)
+  for i, (name, cfg_rates) in enumerate(_configs(site_rates, per_site).items()):
+    gap, se = _gap(
       apply,
       params,
       x,
       y,
-      rates=cfg_rates,
-      key=jax.random.fold_in(k_gap, i),
-      num_masks=num_masks,
+      cfg_rates,
+      jax.random.fold_in(k_gap, i),
+      clean=clean,
       loss=loss,
+      num_masks=num_masks,
+      noise="bernoulli",
       chunk=chunk,
     )
     members = list(active) if name == ALL_SITES else [name]
@@ -467,8 +494,7 @@ def gradient_noise_check(
     np.asarray(jax.random.key_data(k_boot)).ravel().tolist()
   )
   out = {}
-  for i, (name, cfg_rates) in enumerate(_configs(active, per_site).items()):
-    cfg_rates = {n: cfg_rates.get(n, 0.0) for n in site_rates}
+  for i, (name, cfg_rates) in enumerate(_configs(site_rates, per_site).items()):
     k_cfg = jax.random.fold_in(key, i)
     res = {}
     for j, kind in enumerate(("dropout", "implicit")):
