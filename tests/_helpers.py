@@ -26,13 +26,19 @@ def all_masks(shape):
   return jnp.asarray(bits.reshape((-1,) + tuple(shape)))
 
 
+def masks_and_probabilities(shape, q):
+  """Every {0,1} mask of `shape` and its probability when each element is
+  kept with probability 1 - q: ([2**size, *shape], [2**size])."""
+  masks = all_masks(shape)
+  keep = masks.reshape(len(masks), -1).sum(1)
+  size = int(np.prod(shape))
+  return masks, (1 - q) ** keep * q ** (size - keep)
+
+
 def expected_dropout_loss(apply, params, x, y, site, q, loss):
   """E_mask[L̄] by enumeration over every mask of one site."""
   shape = S.site_shapes(apply, params, x)[site].shape
-  masks = all_masks(shape)
-  keep = masks.sum(axis=tuple(range(1, masks.ndim)))
-  size = int(np.prod(shape))
-  probs = (1 - q) ** keep * q ** (size - keep)
+  masks, probs = masks_and_probabilities(shape, q)
 
   def loss_for(m):
     sites = lambda n, h: h * m / (1 - q) if n == site else h

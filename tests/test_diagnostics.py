@@ -17,7 +17,13 @@ from dropjax import losses as L
 from dropjax import sites as S
 from dropjax.analysis import diagnostics as D
 
-from _helpers import all_masks, flat_grad, hidden_model, hidden_params, mlp
+from _helpers import (
+  flat_grad,
+  hidden_model,
+  hidden_params,
+  masks_and_probabilities,
+  mlp,
+)
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -66,9 +72,7 @@ def test_dropout_gap_agrees_with_every_mask_enumerated():
   y = jnp.array([0, 2])
   q = 0.3
   shape = S.site_shapes(hidden_model, params, x)["h"].shape
-  masks = all_masks(shape)
-  keep = masks.reshape(len(masks), -1).sum(1)
-  probs = (1 - q) ** keep * q ** (masks[0].size - keep)
+  masks, probs = masks_and_probabilities(shape, q)
 
   def loss_for(m):
     sites = lambda n, h: h * m / (1 - q)
@@ -151,9 +155,7 @@ def _exact_covariance_traces(params, x, y, q):
   """tr Cov of the dropout gradient over every mask, and of ∇R_imp over
   every sign pattern, for the one-site model."""
   shape = S.site_shapes(hidden_model, params, x)["h"].shape
-  masks = all_masks(shape)
-  keep = masks.reshape(len(masks), -1).sum(1)
-  probs = (1 - q) ** keep * q ** (masks[0].size - keep)
+  masks, probs = masks_and_probabilities(shape, q)
 
   def grad_for(m):
     sites = lambda n, h: h * m / (1 - q)

@@ -19,6 +19,7 @@ from dropjax import losses as L
 from dropjax import sites as S
 
 from _helpers import all_masks
+from _helpers import masks_and_probabilities
 from _helpers import flat_grad
 from _helpers import hidden_model
 from _helpers import hidden_params
@@ -68,9 +69,7 @@ def test_implicit_noise_mean_zero_and_covariance_exact(q):
   assert float(jnp.max(jnp.abs(cov_imp - cov_theory))) < 1e-10
 
   # The linearised dropout noise, enumerated over Bernoulli masks.
-  masks = all_masks(shape)
-  keep = masks.reshape(masks.shape[0], -1).sum(1)
-  probs = (1 - q) ** keep * q ** (masks[0].size - keep)
+  masks, probs = masks_and_probabilities(shape, q)
 
   def lin_noise(m):
     eps = m / (1 - q) - 1
