@@ -54,7 +54,7 @@ def main_job_slice(steps: int, *, data_dir: str | None, smoke: bool) -> dict:
   model = compare.Model(config)
   ds = compare.load_setting(config, setting)
   hparams = config[setting].hparams[regimen].to_dict()
-  objective, _ = compare.make_objective(
+  objective = compare.make_objective(
     config, model.apply, model.sites, regimen, hparams
   )
   optimizer = djtrain.make_optimizer(

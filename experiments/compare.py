@@ -166,20 +166,28 @@ def check_hparams(regimen: str, hparams: Mapping[str, Any]) -> dict:
   return {k: float(v) for k, v in hparams.items()}
 
 
-def make_objective(config, apply, site_names, regimen, hparams):
-  """The objective of one regimen at one hyperparameter point."""
+def regimen_rates(config, site_names, regimen, hparams) -> dict | None:
+  """``{site: q}`` a regimen trains with (its tuned ``rate``, or
+  ``analytic_rate`` for the analytic ones); ``None`` if it drops nothing."""
   hp = check_hparams(regimen, hparams)
   if regimen in RATE_TUNED:
     rate = hp["rate"]
   elif regimen in ANALYTIC:
     rate = float(config.analytic_rate)
   else:
-    rate = None
-  rates = None if rate is None else {s: rate for s in site_names}
-  options = {"estimator": config.estimator, **hp}
+    return None
+  return {s: rate for s in site_names}
+
+
+def make_objective(config, apply, site_names, regimen, hparams):
+  """The objective of one regimen at one hyperparameter point."""
+  options = {"estimator": config.estimator, **check_hparams(regimen, hparams)}
   return dropjax.objectives.from_config(
-    regimen, apply, options, rates=rates
-  ), rates
+    regimen,
+    apply,
+    options,
+    rates=regimen_rates(config, site_names, regimen, hparams),
+  )
 
 
 class Model:
@@ -251,9 +259,7 @@ def train_point(
   """
   sc = config[setting]
   steps = int(sc.steps)
-  objective, _ = make_objective(
-    config, model.apply, model.sites, regimen, hparams
-  )
+  objective = make_objective(config, model.apply, model.sites, regimen, hparams)
   optimizer = djtrain.make_optimizer(config.optimizer, schedule(config, steps))
   tr = ds.train
   n_eval = min(int(config.data.train_eval_size), len(tr))
@@ -344,7 +350,7 @@ def diagnose(config, model: Model, ds, regimen, hparams, params_s, seeds):
   import jax
 
   dc = config.diagnostics
-  _, rates = make_objective(config, model.apply, model.sites, regimen, hparams)
+  rates = regimen_rates(config, model.sites, regimen, hparams)
   n = int(dc.batch_size)
   batches = {
     "train": (ds.train.images[:n], ds.train.labels[:n]),
