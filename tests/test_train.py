@@ -235,32 +235,76 @@ def test_same_seed_same_numbers(setup, base, tmp_path):
   assert _strip(again.history) == _strip(base.history)
 
 
+def _seed1_alone(setup):
+  return run(
+    setup,
+    None,
+    seeds=(1,),
+    seed_axis="map",
+    init=jax.tree.map(lambda a: a[1:], setup.params2),
+  )
+
+
+def _assert_seed_matches(alone, together, index, rtol=0.0, atol=0.0):
+  _assert_trees(
+    jax.tree.map(lambda a: a[0], alone.state),
+    jax.tree.map(lambda a, i=index: a[i], together.state),
+    rtol=rtol,
+    atol=atol,
+  )
+  got = _history_values(alone.history, 0)
+  want = _history_values(together.history, index)
+  assert got.keys() == want.keys()
+  for k in want:
+    if rtol == 0 and atol == 0:
+      assert got[k] == want[k], k
+    else:
+      np.testing.assert_allclose(
+        got[k], want[k], rtol=rtol, atol=atol, err_msg=str(k)
+      )
+
+
 def test_seeds_vmap_equals_separate_runs(setup, base):
-  """Seed 1 trained alone == seed 1 trained next to seed 0.
+  """Seed 1 trained alone == seed 1 trained next to seed 0 (``vmap``).
 
   Same data order, masks and initial weights; compared to float tolerance
   because with a seed axis XLA compiles batched matmuls, whose summation
   order can change the last bits (observed: <= ~1e-7 absolute after 40
   steps).
   """
-  alone = run(
-    setup, None, seeds=(1,), init=jax.tree.map(lambda a: a[1:], setup.params2)
-  )
-  _assert_trees(
-    jax.tree.map(lambda a: a[0], alone.state),
-    jax.tree.map(lambda a: a[1], base.state),
-    rtol=1e-5,
-    atol=1e-6,
-  )
-  got, want = (
-    _history_values(alone.history, 0),
-    _history_values(base.history, 1),
-  )
-  assert got.keys() == want.keys()
-  for k in want:
-    np.testing.assert_allclose(
-      got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=str(k)
-    )
+  assert train.resolve_seed_axis("auto") == "vmap"  # base ran batched
+  _assert_seed_matches(_seed1_alone(setup), base, 1, rtol=1e-5, atol=1e-6)
+
+
+def test_seed_axis_map_equals_separate_runs_exactly(setup):
+  """With ``seed_axis="map"`` every seed runs the unbatched step: seed 1
+  next to seed 0 is bit for bit seed 1 alone, parameters and records."""
+  together = run(setup, None, seed_axis="map")
+  _assert_seed_matches(_seed1_alone(setup), together, 1)
+
+
+def test_seed_axis_choice():
+  assert train.resolve_seed_axis("vmap") == "vmap"
+  assert train.resolve_seed_axis("map") == "map"
+  assert train.resolve_seed_axis("auto", "gpu") == "vmap"
+  with pytest.raises(ValueError, match="unknown seed_axis 'scan'.*valid"):
+    train.resolve_seed_axis("scan")
+
+
+def test_per_seed_map_with_shared_arguments():
+  """``per_seed`` maps leading axes and shares ``None`` ones, like vmap."""
+
+  def f(a, shared, b):
+    return a["w"] @ shared + b, jnp.sum(a["w"])
+
+  a = {"w": jnp.arange(24.0).reshape(3, 2, 4)}
+  shared = jnp.ones((4,))
+  b = jnp.arange(3.0)
+  want = train.per_seed(f, (0, None, 0), "vmap")(a, shared, b)
+  got = train.per_seed(f, (0, None, 0), "map")(a, shared, b)
+  _assert_trees(got, want)
+  with pytest.raises(ValueError, match="'vmap' or 'map'"):
+    train.per_seed(f, (0, None, 0), "auto")
 
 
 def test_sharded_equals_unsharded(setup, base):
@@ -803,3 +847,20 @@ def test_evaluate_sequence_labels_is_per_position():
   assert float(got["accuracy"]) == pytest.approx(want_acc, abs=1e-6)
   assert float(got["loss"]) == pytest.approx(want_loss, rel=1e-5)
   assert 0 <= float(got["accuracy"]) <= 1
+
+
+def test_compile_stats_count_programs_and_stop_on_exit():
+  f = jax.jit(lambda a: jnp.sin(a) * 3.0)
+  a7, a5, a2 = (np.ones((n, 3), np.float32) for n in (7, 5, 2))
+  with train.CompileStats() as stats:
+    f(a7)
+    f(a7)  # cached in memory: no new program
+    f(a5)  # a new shape: a second program
+  got = stats.summary()
+  assert got["programs"] == 2
+  assert got["backend_compile_s"] > 0 and got["trace_s"] > 0
+  assert got["total_s"] == pytest.approx(
+    got["backend_compile_s"] + got["trace_s"] + got["lower_s"]
+  )
+  f(a2)  # after exit: not counted
+  assert stats.summary()["programs"] == 2

@@ -12,13 +12,16 @@ The pieces, from the inside out:
   permutations drawn inside ``jit``, or truncated-BPTT token streams with a
   carried recurrent state); one ``jit`` call per *chunk* of steps (a
   ``lax.scan``) with an optional per-step state ``hook`` inside it (gradual
-  pruning, schedules); ``S`` seeds trained at once through ``vmap``;
+  pruning, schedules); ``S`` seeds trained in one program, batched by
+  ``vmap`` or one after another by ``lax.map`` (``seed_axis``);
   data-parallel over the devices with ``NamedSharding``; between chunks,
   evaluation (:mod:`dropjax.train.evaluation`), metric writers (JSONL,
   TensorBoard: :mod:`dropjax.train.writers`), best-validation parameters,
   orbax checkpoints (:mod:`dropjax.train.checkpoint`) and a tqdm progress
   bar; exact resumption; one NaN policy (``raise`` or ``drop_seed``); one
   bounded cache of compiled programs (:mod:`dropjax.train.cache`).
+* :class:`CompileStats` -- how many programs a run compiled and how long
+  that took (:mod:`dropjax.train.compilation`).
 * :func:`evaluate`, :func:`evaluate_stream`, :func:`write_json_atomic`,
   :func:`read_jsonl` -- helpers the experiments share.
 
@@ -55,6 +58,7 @@ analytic replacement):
 
 from dropjax.train.cache import clear as clear_compile_cache
 from dropjax.train.checkpoint import Checkpoints
+from dropjax.train.compilation import CompileStats
 from dropjax.train.evaluation import ClassifierEvaluator
 from dropjax.train.evaluation import EvalSet
 from dropjax.train.evaluation import StreamEvaluator
@@ -72,7 +76,9 @@ from dropjax.train.loop import FAILURE_FILE
 from dropjax.train.loop import INIT_TAG
 from dropjax.train.loop import METRICS_FILE
 from dropjax.train.loop import NAN_POLICIES
+from dropjax.train.loop import DEFAULT_SEED_AXIS
 from dropjax.train.loop import NonFiniteLossError
+from dropjax.train.loop import SEED_AXES
 from dropjax.train.loop import STEP_TAG
 from dropjax.train.loop import SUMMARY_FILE
 from dropjax.train.loop import TENSORBOARD_DIR
@@ -80,6 +86,8 @@ from dropjax.train.loop import TrainResult
 from dropjax.train.loop import data_keys
 from dropjax.train.loop import init_seeds
 from dropjax.train.loop import make_mesh
+from dropjax.train.loop import per_seed
+from dropjax.train.loop import resolve_seed_axis
 from dropjax.train.loop import seed_keys
 from dropjax.train.loop import train
 from dropjax.train.optim import kernel_mask
@@ -101,9 +109,11 @@ __all__ = [
   "Best",
   "CHECKPOINT_DIR",
   "Checkpoints",
+  "CompileStats",
   "ClassifierEvaluator",
   "DATA_AXIS",
   "DATA_TAG",
+  "DEFAULT_SEED_AXIS",
   "EvalSet",
   "FAILURE_FILE",
   "INIT_TAG",
@@ -113,6 +123,7 @@ __all__ = [
   "NAN_POLICIES",
   "NonFiniteLossError",
   "RandomBatches",
+  "SEED_AXES",
   "STEP_TAG",
   "SUMMARY_FILE",
   "Source",
@@ -134,8 +145,10 @@ __all__ = [
   "make_mesh",
   "make_optimizer",
   "make_train_step",
+  "per_seed",
   "random_batches",
   "read_jsonl",
+  "resolve_seed_axis",
   "seed_keys",
   "train",
   "write_json_atomic",

@@ -45,6 +45,18 @@ CHECKPOINT_FORMAT = 2
 NAN_POLICIES = ("raise", "drop_seed")
 """``on_nan`` choices of :func:`train`."""
 
+SEED_AXES = ("auto", "vmap", "map")
+"""``seed_axis`` choices of :func:`train` (see :func:`resolve_seed_axis`)."""
+
+DEFAULT_SEED_AXIS = {"cpu": "vmap", "gpu": "vmap", "cuda": "vmap"}
+"""The seed axis ``"auto"`` picks per backend (platform name); backends not
+listed get ``"vmap"``. Measured with ``python -m benchmarks.seed_axis``
+(``docs/benchmarks.md``): on the 2-core CPU, inside the engine's scanned
+chunks, ``vmap`` took 0.77-0.99x the time of separate single-seed programs
+and ``lax.map`` 1.07-1.36x (the main job's MLP and the 1024-wide one, S = 2
+and 5); on an H200, ``vmap`` over 2 seeds took 0.60x of two single-seed
+steps."""
+
 __all__ = [
   "Best",
   "CHECKPOINT_DIR",
@@ -55,6 +67,7 @@ __all__ = [
   "METRICS_FILE",
   "NAN_POLICIES",
   "NonFiniteLossError",
+  "SEED_AXES",
   "STEP_TAG",
   "SUMMARY_FILE",
   "TENSORBOARD_DIR",
@@ -63,6 +76,7 @@ __all__ = [
   "data_keys",
   "init_seeds",
   "make_mesh",
+  "resolve_seed_axis",
   "seed_keys",
   "train",
 ]
@@ -220,6 +234,68 @@ def data_keys(keys: Array) -> Array:
   return jax.vmap(lambda k: jax.random.fold_in(k, DATA_TAG))(keys)
 
 
+# --------------------------------------------------------------- seed axis
+
+
+def resolve_seed_axis(seed_axis: str = "auto", platform: str | None = None):
+  """The seed axis :func:`train` uses: ``"vmap"`` or ``"map"``.
+
+  Args:
+    seed_axis: ``"vmap"`` (the seeds' steps batched into one step by
+      ``jax.vmap``), ``"map"`` (one seed's step after another inside the
+      same jitted chunk, ``jax.lax.map``) or ``"auto"`` (the backend's
+      default in :data:`DEFAULT_SEED_AXIS`).
+    platform: the backend whose default ``"auto"`` takes (default:
+      ``jax.default_backend()``).
+
+  Raises:
+    ValueError: an unknown ``seed_axis``.
+  """
+  if seed_axis not in SEED_AXES:
+    raise ValueError(
+      f"unknown seed_axis {seed_axis!r}; valid: {', '.join(SEED_AXES)}."
+    )
+  if seed_axis != "auto":
+    return seed_axis
+  return DEFAULT_SEED_AXIS.get(platform or jax.default_backend(), "vmap")
+
+
+def per_seed(fn: Callable, in_axes: tuple, seed_axis: str) -> Callable:
+  """``fn`` applied to every seed: ``jax.vmap(fn, in_axes)`` or its
+  sequential equivalent ``jax.lax.map``.
+
+  ``in_axes`` is as for ``jax.vmap`` but only ``0`` (the seed axis leads)
+  or ``None`` (shared by every seed), per argument or as a prefix tree of
+  it. Outputs get a leading seed axis either way. With ``"map"``, each
+  seed runs the unbatched ``fn``, so its numbers are those of a run with
+  that seed alone.
+  """
+  if seed_axis == "vmap":
+    return jax.vmap(fn, in_axes=in_axes)
+  if seed_axis != "map":
+    raise ValueError(f"seed_axis must be 'vmap' or 'map', got {seed_axis!r}.")
+
+  def mapped(*args):
+    flags = jax.tree.map(
+      lambda ax, sub: jax.tree.map(lambda _: ax is not None, sub),
+      tuple(in_axes),
+      args,
+      is_leaf=lambda x: x is None,
+    )
+    leaves, tree = jax.tree.flatten(args)
+    is_mapped = jax.tree.leaves(flags)
+    xs = [a for a, m in zip(leaves, is_mapped) if m]
+
+    def one(xs_i):
+      it = iter(xs_i)
+      full = [next(it) if m else a for a, m in zip(leaves, is_mapped)]
+      return fn(*jax.tree.unflatten(tree, full))
+
+    return jax.lax.map(one, xs)
+
+  return mapped
+
+
 # ---------------------------------------------------- jitted, cached pieces
 
 
@@ -230,7 +306,7 @@ def _jitted_source_init(spec, mesh):
 
 
 @_cached
-def _jitted_chunk(objective, optimizer, spec, hook, mesh, n_steps):
+def _jitted_chunk(objective, optimizer, spec, hook, mesh, n_steps, seed_axis):
   """``chunk(states, src, keys, data, start) -> (states, src, metrics)``.
 
   ``states``: the seeds' stacked :class:`TrainState`; ``src``: the batch
@@ -238,8 +314,9 @@ def _jitted_chunk(objective, optimizer, spec, hook, mesh, n_steps):
   ``keys``: ``[S]`` seed keys; ``data``: the source's device arrays;
   ``start``: int32, the global step of the chunk's first update. Runs
   ``n_steps`` updates in one ``lax.scan``: at step ``t``, ``hook`` (if any,
-  per seed), the source's batch, the objective's update (per seed, ``vmap``)
-  and the source's state update. ``metrics`` leaves are ``[n_steps, S]``.
+  per seed), the source's batch, the objective's update (per seed, by
+  ``vmap`` or ``lax.map`` as ``seed_axis`` says) and the source's state
+  update. ``metrics`` leaves are ``[n_steps, S]``.
   ``states`` and ``src`` are donated.
   """
   step_fn = make_train_step_with_aux(objective, optimizer)
@@ -254,8 +331,8 @@ def _jitted_chunk(objective, optimizer, spec, hook, mesh, n_steps):
         states = jax.vmap(hook, in_axes=(0, None))(states, t)
       batch, src = spec.next(src, data, dkeys, t, mesh)
       ks = jax.vmap(lambda k: jax.random.fold_in(k, t))(step_keys)
-      states, metrics, model_aux = jax.vmap(
-        step_fn, in_axes=(0, spec.batch_in_axes, 0)
+      states, metrics, model_aux = per_seed(
+        step_fn, (0, spec.batch_in_axes, 0), seed_axis
       )(states, batch, ks)
       src = spec.update(src, model_aux)
       return (states, src), metrics
@@ -416,6 +493,7 @@ def train(
   writers: Sequence[_writers.MetricWriter] = (),
   tensorboard: bool = False,
   devices: Sequence[Any] | int | None = None,
+  seed_axis: str = "auto",
   progress: bool = True,
   callback: Callable[[dict], None] | None = None,
 ) -> TrainResult:
@@ -432,7 +510,9 @@ def train(
   ``checkpoint_every`` chunks (and after the last), ``callback``, and the
   progress bar.
 
-  Seeds are a ``vmap`` axis: the parameters of seed ``s`` are
+  Seeds are a leading axis of every state leaf; the seeds' updates run
+  batched (``vmap``) or one after another in the same program (``lax.map``),
+  as ``seed_axis`` says. The parameters of seed ``s`` are
   ``init_params(fold_in(jax.random.key(s), INIT_TAG))`` (computed under
   ``vmap``, so ``init_params`` must accept a traced typed key, as
   :func:`dropjax.models.make_init` does; or computed once by
@@ -520,6 +600,13 @@ def train(
     tensorboard: also write the records as TensorBoard scalars to
       ``run_dir/tensorboard`` (needs ``tensorboardX`` and ``run_dir``).
     devices: the devices of the mesh (see :func:`make_mesh`).
+    seed_axis: how the seeds' updates run inside a chunk: ``"vmap"``
+      (batched), ``"map"`` (one after another, ``lax.map``) or ``"auto"``
+      (the backend's default, :data:`DEFAULT_SEED_AXIS`: ``"vmap"`` on the
+      backends measured). It changes speed, not what is computed: with
+      ``"map"`` a seed's numbers are bit for bit those of the seed trained
+      alone; with ``"vmap"`` XLA's batched matmuls may sum in another order
+      (last-bit differences that training can amplify).
     progress: show a tqdm bar (process 0 only).
     callback: ``callback(info)`` after each chunk's bookkeeping, with
       ``info = {"step", "chunk", "train": {metric: [[S]] per step},
@@ -542,6 +629,7 @@ def train(
       or run name, or beyond ``steps``.
   """
   seeds = _check_seeds(seeds)
+  seed_axis = resolve_seed_axis(seed_axis)
   _losses.check_loss(loss)
   if on_nan not in NAN_POLICIES:
     raise ValueError(
@@ -778,7 +866,7 @@ def train(
     chunk_idx = start // chunk_size
     while start < steps and len(failures) < len(seeds):
       n = min(chunk_size, steps - start)
-      fn = _jitted_chunk(objective, optimizer, spec, hook, mesh, n)
+      fn = _jitted_chunk(objective, optimizer, spec, hook, mesh, n, seed_axis)
       t0 = time.perf_counter()
       state, src, metrics = fn(state, src, keys, data_dev, jnp.int32(start))
       metrics = jax.device_get(metrics)  # waits for the chunk
