@@ -40,6 +40,7 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
 import optax
 
@@ -431,7 +432,28 @@ def run(config, workdir: str) -> dict:
   ]
   t0 = time.time()
   seeds = tuple(int(s) for s in config.seeds)
+  with djtrain.CompileStats() as compile_stats:
+    _run_settings(config, model, seeds, results, done, workdir)
+  # Accumulated over sessions when the job is resumed.
+  wall = time.time() - t0
+  results["wall_seconds"] = results.get("wall_seconds", 0.0) + wall
+  # This session's compilation (a resumed job compiles again).
+  results["compilation"] = {
+    **compile_stats.summary(),
+    "session_wall_s": wall,
+    "persistent_cache": jax.config.jax_compilation_cache_dir or None,
+  }
+  results["versions"] = harness.software_versions()
+  djtrain.write_json_atomic(path, results)
 
+  compare_report.write_report(results, workdir, config)
+  return results
+
+
+def _run_settings(config, model, seeds, results, done, workdir) -> None:
+  """Trains (and diagnoses) every unfinished (setting, regimen) of
+  ``config``, writing ``results`` to ``workdir/results.json`` after each."""
+  path = os.path.join(workdir, RESULTS_FILE)
   for setting in config.settings:
     ds = load_setting(config, setting)
     check_dataset(config, ds)
@@ -476,15 +498,6 @@ def run(config, workdir: str) -> dict:
         )
       results["records"].extend(records)
       djtrain.write_json_atomic(path, results)
-  # Accumulated over sessions when the job is resumed.
-  results["wall_seconds"] = results.get("wall_seconds", 0.0) + (
-    time.time() - t0
-  )
-  results["versions"] = harness.software_versions()
-  djtrain.write_json_atomic(path, results)
-
-  compare_report.write_report(results, workdir, config)
-  return results
 
 
 def _print_done(config, workdir, results):

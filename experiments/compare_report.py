@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Mapping
 
 import numpy as np
 
@@ -553,7 +554,33 @@ def render_markdown(results: dict, config) -> str:
     f"Wall time of the job: {results.get('wall_seconds', 0.0) / 60:.1f} min."
   )
   out.append("")
+  comp = results.get("compilation")
+  if comp:
+    out.append(compilation_sentence(comp))
+    out.append("")
   return "\n".join(out)
+
+
+def compilation_sentence(comp: Mapping) -> str:
+  """One sentence on the last session's compilation (``results["compilation"]``:
+  :meth:`dropjax.train.CompileStats.summary` plus ``session_wall_s`` and
+  ``persistent_cache``)."""
+  wall = comp.get("session_wall_s") or 0.0
+  share = f" ({100 * comp['total_s'] / wall:.0f} % of it)" if wall else ""
+  cache = comp.get("persistent_cache")
+  if cache:
+    c = (
+      f"persistent compilation cache on: {comp['cache_hits']} programs "
+      f"loaded from it (saving about {max(comp['cache_saved_s'], 0.0):.0f} s), "
+      f"{comp['cache_misses']} compiled and added."
+    )
+  else:
+    c = "persistent compilation cache off."
+  return (
+    f"Compilation in the last session: {comp['programs']} XLA programs, "
+    f"{comp['total_s']:.0f} s of tracing, lowering and compiling out of "
+    f"{wall:.0f} s{share}; {c}"
+  )
 
 
 # ------------------------------------------------------------------ plots
