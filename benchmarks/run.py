@@ -13,6 +13,10 @@ Adam update; :mod:`benchmarks.steps`):
   the time and FLOP ratios to the dropout step timed side by side;
 * ``torch_peer``: the same MLP and analytic regularizers in eager PyTorch
   (:mod:`benchmarks.torch_peer`), interleaved with the JAX steps;
+* ``torch_compile``: dropjax against three PyTorch versions of the same
+  step (eager autograd, ``torch.func``, ``torch.compile`` of the
+  ``torch.func`` step) on a tiny, the 1024-wide and a 4096-wide MLP and
+  (full run) the character LSTM (``none``/``dropout``);
 * ``batch_scaling`` / ``width_scaling``: step time against batch size and
   hidden width;
 * ``seeds``: ``jax.vmap`` over S seeds against S single-seed steps run one
@@ -39,6 +43,7 @@ from typing import Any, Sequence
 
 import jax
 
+from benchmarks import peak as _peak
 from benchmarks import steps, timing
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -66,6 +71,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     dp_devices=4,
     dp_regimens=("dropout", "explicit_implicit"),
     dp_repeats=20,
+    compile_sizes=(
+      dict(d_in=20, width=16, batch=8),
+      dict(d_in=784, width=1024, batch=128),
+      dict(d_in=784, width=4096, batch=128),
+    ),
+    compile_regimens=("dropout", "explicit", "explicit_implicit"),
+    compile_repeats=10,
+    compile_lstm=True,
   ),
   "quick": dict(
     repeats=10,
@@ -89,6 +102,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     dp_devices=4,
     dp_regimens=("explicit_implicit",),
     dp_repeats=5,
+    compile_sizes=(
+      dict(d_in=20, width=16, batch=8),
+      dict(d_in=784, width=1024, batch=128),
+    ),
+    compile_regimens=("dropout", "explicit_implicit"),
+    compile_repeats=5,
+    compile_lstm=False,
   ),
   "micro": dict(
     repeats=2,
@@ -112,6 +132,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     dp_devices=4,
     dp_regimens=("explicit_implicit",),
     dp_repeats=2,
+    compile_sizes=(dict(d_in=20, width=16, batch=8),),
+    compile_regimens=("dropout",),
+    compile_repeats=2,
+    compile_lstm=False,
   ),
 }
 
@@ -126,6 +150,8 @@ COLUMNS_MAIN = [
   ("flops", "GFLOP", ""),
   ("flop_ratio_to_dropout", "FLOP / dropout", ".2f"),
   ("time_over_flop_ratio", "time ratio / FLOP ratio", ".2f"),
+  ("gflops_per_s", "GFLOP/s", ".1f"),
+  ("fraction_of_peak", "of peak", ".1%"),
   ("peak_mib", "peak MiB", ".1f"),
 ]
 
@@ -303,6 +329,9 @@ class Suite:
         )
         if fw == "jax":
           rec.update(entries[r][2])
+        elif entries[r][2].get("flops"):
+          # The same math: XLA's count of the JAX step stands for both.
+          rec["flops_per_call"] = entries[r][2]["flops"]
         self.records.append(rec)
 
   def scaling(self):
@@ -399,9 +428,95 @@ class Suite:
         rec.update(meta[(mode, s)])
         if mode == "sequential":
           rec["note"] = (
-            "flops/peak are those of one single-seed step; it runs S times"
+            "flops/peak_bytes are those of one single-seed step; it runs S "
+            "times (flops_per_call = S * flops)"
           )
+          if rec.get("flops"):
+            rec["flops_per_call"] = s * rec["flops"]
         self.records.append(rec)
+
+  def torch_compile(self):
+    """dropjax against PyTorch eager, torch.func and torch.compile, at three
+    MLP sizes and on the LSTM, every framework timed side by side."""
+    from benchmarks import torch_peer
+
+    if not torch_peer.available():
+      note = "torch.compile peer skipped: torch is not importable ([bench])."
+      self.notes.append(note)
+      self.log("[torch_compile] " + note)
+      return
+    c = self.cfg
+    threads = torch_peer.set_threads(None)
+    for size in c["compile_sizes"]:
+      model = steps.mlp(
+        width=size["width"], batch=size["batch"], d_in=size["d_in"]
+      )
+      rates = [model.rates[n] for n in sorted(model.rates)]
+      weights = torch_peer.mlp_weights(model.params)
+      x, y = model.batch
+      regs = c["compile_regimens"]
+      peers = {
+        "eager": torch_peer.PeerTrainer(weights, x, y, rates),
+        "func": torch_peer.mlp_trainer(weights, x, y, rates),
+        "compile": torch_peer.mlp_trainer(weights, x, y, rates, compile=True),
+      }
+      self._torch_group(model, regs, peers, threads, c["compile_repeats"])
+    if not c["compile_lstm"]:
+      return
+    lstm = steps.char_lstm(**c["lstm"])
+    if lstm is None:
+      return
+    (tokens, _), targets = lstm.batch
+    layers = lstm.config["layers"]
+    peers = {
+      v: torch_peer.lstm_trainer(
+        lstm.params, tokens, targets, lstm.rates, layers, compile=comp
+      )
+      for v, comp in (("func", False), ("compile", True))
+    }
+    self._torch_group(
+      lstm, torch_peer.LSTM_REGIMENS, peers, threads, c["lstm_repeats"]
+    )
+
+  def _torch_group(self, model, regs, peers, threads, repeats):
+    self.log(
+      f"[torch_compile] {model.name}: {', '.join(regs)} x "
+      f"jax + {', '.join(peers)}"
+    )
+    entries = self.jax_entries(model, regs)
+    calls, compile_ms = {}, {}
+    for r in regs:
+      c, a, _ = entries[r]
+      calls[("jax", r)] = lambda c=c, a=a: timing.block(c(*a))
+      for v, peer in peers.items():
+        if r not in peer.REGIMENS:
+          continue
+        t0 = time.perf_counter()
+        peer.step(r)  # torch.compile compiles here
+        compile_ms[(v, r)] = 1e3 * (time.perf_counter() - t0)
+        calls[(v, r)] = lambda peer=peer, r=r: peer.step(r)
+    times = timing.time_interleaved(
+      calls, repeats=repeats, warmup=self.cfg["warmup"]
+    )
+    for (fw, r), t in times.items():
+      rec = dict(
+        experiment="torch_compile",
+        framework="jax" if fw == "jax" else f"pytorch-{fw}",
+        model=model.name,
+        regimen=r,
+        batch=model.config.get("batch"),
+        torch_threads=threads,
+        **timing.summary(t),
+        ratio_dropjax_to_framework=timing.paired_ratio(times[("jax", r)], t),
+      )
+      meta = entries[r][2]
+      if fw == "jax":
+        rec.update(meta)
+      else:
+        rec["first_call_ms"] = compile_ms[(fw, r)]
+        if meta.get("flops"):
+          rec["flops_per_call"] = meta["flops"]
+      self.records.append(rec)
 
   def data_parallel(self):
     from benchmarks import data_parallel
@@ -438,6 +553,8 @@ def _rows(records, experiment):
       continue
     row = dict(r)
     row["flops"] = _gflop(r)
+    ach = r.get("achieved_flops_per_s")
+    row["gflops_per_s"] = None if ach is None else ach / 1e9
     pb = r.get("peak_bytes")
     row["peak_mib"] = None if pb is None else pb / 2**20
     rows.append(row)
@@ -465,6 +582,15 @@ def render_markdown(result: dict) -> str:
   for n in result.get("notes", []):
     out.append(f"> {n}")
   out.append("")
+  if result.get("peak"):
+    out += [
+      "## The ceiling",
+      "",
+      _peak.render_markdown(result["peak"]),
+      "Every step's GFLOP/s is XLA's FLOP count of the compiled step over "
+      "its median time; 'of peak' divides it by the peak above.",
+      "",
+    ]
   main = [r for r in _rows(recs, "regimens") if not r.get("skipped")]
   if main:
     out += ["## Regimens", "", timing.markdown_table(main, COLUMNS_MAIN), ""]
@@ -482,6 +608,29 @@ def render_markdown(result: dict) -> str:
           ("median_ms", "median ms", ".2f"),
           ("ratio_to_dropout", "time / own dropout", ".2f"),
           ("ratio_dropjax_to_pytorch", "dropjax / PyTorch", ".3f"),
+          ("gflops_per_s", "GFLOP/s", ".1f"),
+          ("fraction_of_peak", "of peak", ".1%"),
+        ],
+      ),
+      "",
+    ]
+  rows = _rows(recs, "torch_compile")
+  if rows:
+    out += [
+      "## PyTorch eager, torch.func and torch.compile (same math, same CPU)",
+      "",
+      timing.markdown_table(
+        rows,
+        [
+          ("model", "model", ""),
+          ("regimen", "regimen", ""),
+          ("framework", "framework", ""),
+          ("median_ms", "median ms", ".3f"),
+          ("ratio_dropjax_to_framework", "dropjax / this", ".2f"),
+          ("compile_ms", "jax compile ms", ".0f"),
+          ("first_call_ms", "torch first call ms", ".0f"),
+          ("gflops_per_s", "GFLOP/s", ".1f"),
+          ("fraction_of_peak", "of peak", ".1%"),
         ],
       ),
       "",
@@ -505,6 +654,7 @@ def render_markdown(result: dict) -> str:
             ("ratio_to_dropout", "time / dropout", ".2f"),
             ("flops", "GFLOP", ""),
             ("flop_ratio_to_dropout", "FLOP / dropout", ".2f"),
+            ("fraction_of_peak", "of peak", ".1%"),
             ("peak_mib", "peak MiB", ".1f"),
           ],
         ),
@@ -524,6 +674,7 @@ def render_markdown(result: dict) -> str:
           ("median_ms", "median ms", ".2f"),
           ("per_seed_ms", "ms per seed", ".2f"),
           ("ratio_vmap_to_sequential", "vmap / sequential", ".2f"),
+          ("fraction_of_peak", "of peak", ".1%"),
           ("compile_ms", "compile ms", ".0f"),
           ("peak_mib", "peak MiB", ".1f"),
         ],
@@ -558,6 +709,11 @@ SINGLE_THREAD_FLAGS = (
 
 
 def _single_thread_xla() -> None:
+  """Pins this process to one CPU (and sets XLA's single-thread flags).
+
+  The flags alone do not do it: XLA's CPU client ran a 2048 matmul on both
+  cores with them (process CPU time / wall 1.96; ``benchmarks/peak.py``).
+  """
   from jax._src import xla_bridge
 
   if xla_bridge.backends_are_initialized():
@@ -568,9 +724,18 @@ def _single_thread_xla() -> None:
   os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_FLAGS
   ).strip()
+  if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
-SECTIONS = ("regimens", "torch_peer", "scaling", "seeds", "data_parallel")
+SECTIONS = (
+  "regimens",
+  "torch_peer",
+  "torch_compile",
+  "scaling",
+  "seeds",
+  "data_parallel",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -609,8 +774,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
   ap.add_argument(
     "--single-thread",
     action="store_true",
-    help="XLA and PyTorch on one thread each (XLA_FLAGS set "
+    help="XLA and PyTorch on one CPU (the process pinned to one core "
     "before JAX starts its backend)",
+  )
+  ap.add_argument(
+    "--peak-flops",
+    type=float,
+    default=None,
+    help="the machine's peak FLOP/s for fraction_of_peak (default: "
+    "measured first, python -m benchmarks.peak)",
   )
   args = ap.parse_args(argv)
   if args.single_thread:
@@ -625,13 +797,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
   env = timing.environment()
   env["xla_flags"] = os.environ.get("XLA_FLAGS", "")
   env["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
-  suite = Suite(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+  log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+  if args.peak_flops:
+    peak = {
+      "peak_flops_per_s": float(args.peak_flops),
+      "peak_how": "given on the command line (--peak-flops)",
+      "device": env["device"],
+      "records": [],
+      "env": {},
+    }
+  else:
+    log("[peak] float32 matmul FLOP/s (XLA, numpy; all cores and one)")
+    peak = _peak.measure(micro=name == "micro")
+  suite = Suite(cfg, log=log)
   sections = list(args.sections)
   if "torch_peer" in sections and "regimens" not in sections:
     sections.insert(0, "regimens")
   for s in SECTIONS:
     if s in sections:
       getattr(suite, s)()
+  for rec in suite.records:
+    _peak.with_fraction(rec, peak["peak_flops_per_s"])
   result = {
     "config_name": name,
     "command": "python -m benchmarks.run "
@@ -644,6 +830,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
       k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()
     },
     "notes": suite.notes,
+    "peak": peak,
+    "peak_flops_per_s": peak["peak_flops_per_s"],
     "wall_s": time.perf_counter() - t0,
     "records": suite.records,
   }

@@ -202,3 +202,289 @@ class PeerTrainer:
     total.backward()
     self.opt.step()
     return float(total.detach())
+
+
+# ------------------------------------------- torch.func and torch.compile
+
+
+def _cross_entropy_grad(logits, labels):
+  """``d mean CE / d logits``: ``(softmax - onehot) / N`` (no graph)."""
+  p = torch.softmax(logits, -1)
+  return (p - F.one_hot(labels, logits.shape[-1]).to(p.dtype)) / logits.shape[0]
+
+
+def functional_loss(
+  params, x, y, rates, regimen, *, masks=None, gumbel=None, signs=None
+):
+  """One regimen's objective as a pure function of ``params`` (a list of
+  tensors ``[W0, b0, W1, b1, ...]``), for ``torch.func.grad``.
+
+  The randomness comes in as tensors, drawn outside (so that the function
+  can be traced by ``torch.compile``): ``masks`` (inverted-dropout masks,
+  one per site) for ``dropout``; ``gumbel`` (``[N, K]`` Gumbel noise: the
+  sampled label is ``argmax(logits + gumbel)``, a draw from the softmax)
+  and ``signs`` (``±1`` per site) for the analytic regimens. The site
+  gradients come from one ``torch.func.vjp`` of the logits with respect to
+  zero perturbations added at the sites, so no ``create_graph`` is needed;
+  the constants are :func:`analytic_terms`'.
+  """
+  n_layers = len(params) // 2
+  h0 = x.reshape(x.shape[0], -1)
+
+  def forward(deltas):
+    h, acts = h0, []
+    for i in range(n_layers - 1):
+      h = torch.relu(h @ params[2 * i] + params[2 * i + 1]) + deltas[i]
+      acts.append(h)
+      if masks is not None:
+        h = h * masks[i]
+    return h @ params[-2] + params[-1], acts
+
+  if regimen in ("none", "dropout"):
+    logits, _ = forward([0.0] * (n_layers - 1))
+    return F.cross_entropy(logits, y)
+  widths = [params[2 * i].shape[1] for i in range(n_layers - 1)]
+  zeros = [x.new_zeros((x.shape[0], w)) for w in widths]
+  (logits, acts), vjp = torch.func.vjp(forward, zeros)
+  data = F.cross_entropy(logits, y)
+  n = logits.shape[0]
+  zero_acts = [torch.zeros_like(a) for a in acts]
+  total = data
+  if regimen in ("explicit", "explicit_implicit"):
+    y_hat = torch.argmax(logits.detach() + gumbel, -1)
+    (g,) = vjp((_cross_entropy_grad(logits, y_hat), zero_acts))
+    total = total + sum(
+      q / (2 * (1 - q)) * n * torch.sum(torch.square(v * gi))
+      for v, gi, q in zip(acts, g, rates)
+    )
+  if regimen in ("implicit", "explicit_implicit"):
+    (a,) = vjp((_cross_entropy_grad(logits, y), zero_acts))
+    total = total + sum(
+      math.sqrt(q / (1 - q)) * torch.sum(ai * s * v)
+      for v, ai, s, q in zip(acts, a, signs, rates)
+    )
+  return total
+
+
+def _adam(params, grads, m, v, t, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+  """optax.adam's update, functional: ``(params, m, v)`` after step ``t``
+  (1-based, a float tensor)."""
+  m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads)]
+  v = [b2 * vi + (1 - b2) * g * g for vi, g in zip(v, grads)]
+  c1, c2 = 1 - b1**t, 1 - b2**t
+  params = [
+    p - lr * (mi / c1) / (torch.sqrt(vi / c2) + eps)
+    for p, mi, vi in zip(params, m, v)
+  ]
+  return params, m, v
+
+
+def functional_step(params, m, v, t, loss_fn, regimen, noise):
+  """One Adam step of ``regimen`` with ``torch.func.grad``; pure.
+
+  ``loss_fn(params, regimen, noise)`` is the objective (its batch bound).
+  """
+  grads, loss = torch.func.grad_and_value(lambda p: loss_fn(p, regimen, noise))(
+    params
+  )
+  params, m, v = _adam(params, grads, m, v, t)
+  return params, m, v, loss
+
+
+class FunctionalTrainer:
+  """A PyTorch peer written with ``torch.func`` (``grad`` and ``vjp``, no
+  double backward), eager or ``torch.compile``-d (inductor, the default
+  mode): the strongest PyTorch version of the step a user would write.
+  Build it with :func:`mlp_trainer` or :func:`lstm_trainer`.
+
+  Args:
+    params: a list of float32 tensors.
+    loss_fn: ``loss_fn(params, regimen, noise) -> 0-d tensor``.
+    noise_fn: ``noise_fn(regimen, generator) -> dict`` of the step's random
+      tensors (drawn outside the compiled function).
+    regimens: the regimens ``loss_fn`` knows.
+    compile: wrap the step in ``torch.compile`` (one compiled graph per
+      regimen; the first call of each compiles).
+  """
+
+  def __init__(
+    self, params, loss_fn, noise_fn, regimens, *, seed=0, compile=False
+  ):
+    self.gen = torch.Generator().manual_seed(seed)
+    self.params = list(params)
+    self.m = [torch.zeros_like(p) for p in self.params]
+    self.v = [torch.zeros_like(p) for p in self.params]
+    self.t = 0
+    self.loss_fn = loss_fn
+    self.noise_fn = noise_fn
+    self.REGIMENS = tuple(regimens)
+    self._step = (
+      torch.compile(functional_step, dynamic=False)
+      if compile
+      else functional_step
+    )
+
+  def step(self, regimen: str) -> float:
+    """One training step of ``regimen``; returns the loss."""
+    if regimen not in self.REGIMENS:
+      raise ValueError(
+        f"unknown peer regimen {regimen!r}; valid: {', '.join(self.REGIMENS)}."
+      )
+    self.t += 1
+    with torch.no_grad():
+      self.params, self.m, self.v, loss = self._step(
+        self.params,
+        self.m,
+        self.v,
+        torch.tensor(float(self.t)),
+        self.loss_fn,
+        regimen,
+        self.noise_fn(regimen, self.gen),
+      )
+    return float(loss)
+
+
+MLP_REGIMENS = ("none", "dropout", "explicit", "implicit", "explicit_implicit")
+
+
+def mlp_trainer(weights, x, y, rates, *, seed=0, compile=False):
+  """:class:`FunctionalTrainer` of the MLP (:func:`functional_loss`)."""
+  params = [
+    torch.tensor(np.asarray(a), dtype=torch.float32)
+    for w, b in weights
+    for a in (w, b)
+  ]
+  x = torch.tensor(np.asarray(x), dtype=torch.float32)
+  y = torch.tensor(np.asarray(y), dtype=torch.long)
+  rates = list(rates)
+  widths = [w.shape[1] for w, _ in weights[:-1]]
+  n, n_out = x.shape[0], weights[-1][0].shape[1]
+
+  def loss_fn(p, regimen, noise):
+    return functional_loss(p, x, y, rates, regimen, **noise)
+
+  def noise_fn(regimen, g):
+    if regimen == "dropout":
+      return {
+        "masks": [
+          torch.bernoulli(torch.full((n, w), 1 - q), generator=g) / (1 - q)
+          for w, q in zip(widths, rates)
+        ]
+      }
+    if regimen == "none":
+      return {}
+    u = torch.rand((n, n_out), generator=g).clamp_min(1e-20)
+    return {
+      "gumbel": -torch.log(-torch.log(u)),
+      "signs": [
+        torch.randint(0, 2, (n, w), generator=g).float() * 2 - 1 for w in widths
+      ],
+    }
+
+  return FunctionalTrainer(
+    params, loss_fn, noise_fn, MLP_REGIMENS, seed=seed, compile=compile
+  )
+
+
+# ------------------------------------------------------------- the LSTM
+
+LSTM_REGIMENS = ("none", "dropout")
+"""The LSTM peer's regimens: the analytic ones would need the site
+gradients of every locked and DropConnect site through the recurrence,
+which this peer does not write out."""
+
+
+def lstm_params(params, num_layers: int) -> list:
+  """``[embedding, (w_ih, w_hh, bias) per layer, kernel, bias]`` (numpy) from
+  the parameters of ``dropjax.models.lstm.make_lm`` (untied)."""
+  out = [np.asarray(params["embed"]["embedding"])]
+  for i in range(num_layers):
+    layer = params[f"lstm_{i}"]
+    out += [np.asarray(layer[k]) for k in ("w_ih", "w_hh", "bias")]
+  out += [
+    np.asarray(params["decoder"]["kernel"]),
+    np.asarray(params["decoder"]["bias"]),
+  ]
+  return out
+
+
+def lstm_loss(params, tokens, targets, num_layers: int, *, masks=None):
+  """Mean next-token cross-entropy of the character LSTM of
+  ``dropjax.models.lstm`` (zero initial state, untied decoder), the same
+  arithmetic: the input projection of all steps as one matmul, then a loop
+  over time of ``h @ w_hh`` and the gates (input, forget, cell, output).
+
+  ``masks`` (inverted dropout, for ``dropout``): ``{"emb", "h{i}", "out"}``
+  locked masks ``[B, 1, F]`` and ``"w_hh{i}"`` DropConnect masks
+  ``[H, 4H]``.
+  """
+  emb = params[0]
+  h = emb[tokens]  # [B, T, E]
+  if masks is not None:
+    h = h * masks["emb"]
+  b, t_len = tokens.shape
+  for i in range(num_layers):
+    w_ih, w_hh, bias = params[1 + 3 * i : 4 + 3 * i]
+    if masks is not None:
+      w_hh = w_hh * masks[f"w_hh{i}"]
+    xw = h @ w_ih + bias  # [B, T, 4H]
+    hid = w_hh.shape[0]
+    h_t = xw.new_zeros((b, hid))
+    c_t = xw.new_zeros((b, hid))
+    outs = []
+    for step in range(t_len):
+      z = xw[:, step] + h_t @ w_hh
+      gi, gf, gg, go = z.chunk(4, dim=-1)
+      c_t = torch.sigmoid(gf) * c_t + torch.sigmoid(gi) * torch.tanh(gg)
+      h_t = torch.sigmoid(go) * torch.tanh(c_t)
+      outs.append(h_t)
+    h = torch.stack(outs, 1)
+    if masks is not None:
+      h = h * masks["out" if i == num_layers - 1 else f"h{i}"]
+  logits = h @ params[-2] + params[-1]
+  return F.cross_entropy(
+    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+  )
+
+
+def lstm_trainer(
+  params, tokens, targets, rates, num_layers, *, seed=0, compile=False
+):
+  """:class:`FunctionalTrainer` of the character LSTM (:func:`lstm_loss`)
+  for ``none`` and ``dropout`` (rates ``{site: q}`` as the model's
+  ``site_spec``)."""
+  flat = [
+    torch.tensor(a, dtype=torch.float32)
+    for a in lstm_params(params, num_layers)
+  ]
+  tokens = torch.tensor(np.asarray(tokens), dtype=torch.long)
+  targets = torch.tensor(np.asarray(targets), dtype=torch.long)
+  b = tokens.shape[0]
+  feat = {"emb": flat[0].shape[1]}
+  for i in range(num_layers):
+    hid = flat[2 + 3 * i].shape[0]
+    feat["out" if i == num_layers - 1 else f"h{i}"] = hid
+
+  def loss_fn(p, regimen, noise):
+    return lstm_loss(p, tokens, targets, num_layers, **noise)
+
+  def noise_fn(regimen, g):
+    if regimen == "none":
+      return {}
+    masks = {}
+    for name, f in feat.items():
+      q = rates[name]
+      masks[name] = torch.bernoulli(
+        torch.full((b, 1, f), 1 - q), generator=g
+      ) / (1 - q)
+    for i in range(num_layers):
+      q = rates[f"w_hh{i}"]
+      shape = tuple(flat[2 + 3 * i].shape)
+      masks[f"w_hh{i}"] = torch.bernoulli(
+        torch.full(shape, 1 - q), generator=g
+      ) / (1 - q)
+    return {"masks": masks}
+
+  return FunctionalTrainer(
+    flat, loss_fn, noise_fn, LSTM_REGIMENS, seed=seed, compile=compile
+  )

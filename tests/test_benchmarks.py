@@ -157,6 +157,98 @@ def test_torch_peer_computes_the_same_values_and_gradients():
       )
 
 
+def test_torch_func_peer_computes_the_same_values_and_gradients():
+  """The torch.func peer (the one torch.compile traces) equals the library:
+  the sampled labels forced through the Gumbel noise, the same signs."""
+  torch = pytest.importorskip("torch")
+  with jax.enable_x64(True):
+    model, params, x, y, y_hat, signs, names = _peer_inputs()
+
+    def total(p):
+      return steps.analytic_terms(
+        model.apply, p, x, y, rates=model.rates, y_hat=y_hat, signs=signs
+      )["total"]
+
+    want, grads = jax.jit(jax.value_and_grad(total))(params)
+    flat = [
+      torch.tensor(np.asarray(a))
+      for kb in torch_peer.mlp_weights(params)
+      for a in kb
+    ]
+    n_out = flat[-1].shape[0]
+    gumbel = (
+      1e6
+      * torch.nn.functional.one_hot(
+        torch.tensor(np.asarray(y_hat)), n_out
+      ).double()
+    )
+    got_grads, got = torch.func.grad_and_value(
+      lambda p: torch_peer.functional_loss(
+        p,
+        torch.tensor(np.asarray(x)),
+        torch.tensor(np.asarray(y)),
+        [model.rates[n] for n in names],
+        "explicit_implicit",
+        gumbel=gumbel,
+        signs=[torch.tensor(np.asarray(signs[n])) for n in names],
+      )
+    )(flat)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-12)
+    want_flat = [a for kb in torch_peer.mlp_weights(grads) for a in kb]
+    for g_jax, g_torch in zip(want_flat, got_grads):
+      np.testing.assert_allclose(g_torch.numpy(), g_jax, rtol=1e-10, atol=1e-12)
+
+
+def test_torch_functional_trainer_steps_run():
+  pytest.importorskip("torch")
+  model = steps.mlp(width=8, batch=4, d_in=5, n_out=3)
+  trainer = torch_peer.mlp_trainer(
+    torch_peer.mlp_weights(model.params), *model.batch, [0.5, 0.5]
+  )
+  for r in torch_peer.MLP_REGIMENS:
+    assert np.isfinite(trainer.step(r))
+  with pytest.raises(ValueError, match="valid"):
+    trainer.step("nope")
+
+
+def test_torch_lstm_peer_computes_the_same_loss_and_gradients():
+  """The PyTorch LSTM equals dropjax.models.lstm (float64, no dropout), and
+  its dropout step runs."""
+  torch = pytest.importorskip("torch")
+  from dropjax import objectives
+
+  with jax.enable_x64(True):
+    lm = steps.char_lstm(
+      vocab=7, embed_dim=3, hidden=4, layers=2, batch=2, seq_len=5
+    )
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), lm.params)
+    (tokens, carry), targets = lm.batch
+    carry = jax.tree.map(lambda a: a.astype(jnp.float64), carry)
+    obj = objectives.none(lm.apply, has_aux=True)
+    (want, _), grads = jax.value_and_grad(obj, has_aux=True)(
+      params, ((tokens, carry), targets), None
+    )
+    flat = [
+      torch.tensor(a, requires_grad=True)
+      for a in torch_peer.lstm_params(params, 2)
+    ]
+    got = torch_peer.lstm_loss(
+      flat,
+      torch.tensor(np.asarray(tokens)),
+      torch.tensor(np.asarray(targets)),
+      2,
+    )
+    np.testing.assert_allclose(float(got.detach()), float(want), rtol=1e-12)
+    got.backward()
+    for g_jax, p_torch in zip(torch_peer.lstm_params(grads, 2), flat):
+      np.testing.assert_allclose(
+        p_torch.grad.numpy(), g_jax, rtol=1e-9, atol=1e-12
+      )
+  trainer = torch_peer.lstm_trainer(lm.params, tokens, targets, lm.rates, 2)
+  for r in torch_peer.LSTM_REGIMENS:
+    assert np.isfinite(trainer.step(r))
+
+
 def test_torch_peer_trainer_steps_run():
   pytest.importorskip("torch")
   model = steps.mlp(width=8, batch=4, d_in=5, n_out=3)
