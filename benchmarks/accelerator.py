@@ -5,7 +5,9 @@
 
 Checks that JAX sees an accelerator (``--allow-cpu`` runs the same path on
 a CPU, as the tests do), runs ``python -m benchmarks.run --quick`` (sections
-``regimens``, ``scaling``, ``seeds``) into ``DIR/bench.json``, then trains
+``regimens``, ``scaling``, ``seeds``; the matmul peak first) into
+``DIR/bench.json``, times the engine's seed axis
+(:mod:`benchmarks.seed_axis`, vmap vs lax.map vs separate), then trains
 the main job's slowest regimen (explicit + implicit, 5 seeds vmapped, the
 5000-example setting of ``experiments/configs/compare.py``) for ``--steps``
 steps through the engine, and writes everything into ``DIR/accelerator.json``
@@ -143,6 +145,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ]
   )
   bench_s = time.perf_counter() - t0
+  print("[accelerator] seed axis", file=sys.stderr, flush=True)
+  from benchmarks import seed_axis
+
+  sa_cfg = dict(seed_axis.CONFIGS["micro" if args.micro else "full"])
+  sa_cfg["repeats"] = min(sa_cfg["repeats"], 3)
+  seed_records = seed_axis.measure(
+    sa_cfg, log=lambda m: print(m, file=sys.stderr, flush=True)
+  )
   print("[accelerator] main-job slice", file=sys.stderr, flush=True)
   sl = main_job_slice(
     args.steps, data_dir=args.data_dir or None, smoke=args.micro
@@ -151,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     "device": info,
     "environment": timing.environment(),
     "bench_seconds": bench_s,
+    "peak": bench.get("peak"),
     "bench_records": bench["records"],
+    "seed_axis_records": seed_records,
     "main_job_slice": sl,
     "total_seconds": time.perf_counter() - t0,
   }

@@ -131,21 +131,20 @@ def _one_core(micro: bool) -> dict:
   env = dict(os.environ)
   env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "1"
   env["MKL_NUM_THREADS"] = "1"
-  cmd = [sys.executable, "-m", "benchmarks.peak", "--rates-only"]
-  if micro:
-    cmd.append("--micro")
   if not hasattr(os, "sched_setaffinity"):
     return {"records": [], "error": "no sched_setaffinity on this platform"}
   cpu = min(os.sched_getaffinity(0))
+  # The child pins itself before it imports JAX (no preexec_fn: forking a
+  # process that runs JAX's threads is unsafe).
+  code = (
+    f"import os, runpy, sys; os.sched_setaffinity(0, {{{cpu}}}); "
+    "sys.argv = ['benchmarks.peak', '--rates-only'] + sys.argv[1:]; "
+    "runpy.run_module('benchmarks.peak', run_name='__main__')"
+  )
+  cmd = [sys.executable, "-c", code] + (["--micro"] if micro else [])
   try:
     p = subprocess.run(
-      cmd,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=900,
-      check=True,
-      preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+      cmd, env=env, capture_output=True, text=True, timeout=900, check=True
     )
     return {"records": json.loads(p.stdout), "cpu": cpu}
   except (subprocess.SubprocessError, ValueError) as e:

@@ -26,7 +26,16 @@ REQUIRED_RECORD = (
 def test_micro_run_writes_json_and_markdown(tmp_path):
   out = str(tmp_path / "micro.json")
   result = run.main(
-    ["--out", out, "--micro", "--sections", "regimens", "torch_peer"]
+    [
+      "--out",
+      out,
+      "--micro",
+      "--sections",
+      "regimens",
+      "torch_peer",
+      "--peak-flops",
+      "1e11",
+    ]
   )
   with open(out) as f:
     data = json.load(f)
@@ -42,6 +51,14 @@ def test_micro_run_writes_json_and_markdown(tmp_path):
     assert r["median_ms"] > 0 and r["compile_ms"] > 0
     assert r["flops"] > 0 and r["peak_bytes"] > 0
     assert r["n_runs"] == 2
+    # achieved = XLA's FLOPs / median time; fraction = that / the peak given
+    assert r["achieved_flops_per_s"] == pytest.approx(
+      r["flops"] / (r["median_ms"] / 1e3)
+    )
+    assert r["fraction_of_peak"] == pytest.approx(
+      r["achieved_flops_per_s"] / 1e11
+    )
+  assert data["peak_flops_per_s"] == 1e11
   ref = next(r for r in main if r["regimen"] == "dropout")
   assert ref["ratio_to_dropout"] == 1.0 and ref["flop_ratio_to_dropout"] == 1.0
   ei = next(r for r in main if r["regimen"] == "explicit_implicit")
@@ -58,6 +75,38 @@ def test_micro_run_writes_json_and_markdown(tmp_path):
       for reg in ("dropout", "explicit_implicit")
     }
     assert all(r["ratio_dropjax_to_pytorch"] > 0 for r in peer)
+
+
+def test_peak_measures_all_cores_and_one_core():
+  from benchmarks import peak
+
+  got = peak.measure(micro=True)
+  assert got["peak_flops_per_s"] == max(
+    r["flops_per_s"] for r in got["records"] if r["library"] == "xla"
+  )
+  assert {r["library"] for r in got["records"]} == {"xla", "numpy"}
+  one = got["one_core"]
+  assert "error" not in one, one.get("error")
+  assert {r["library"] for r in one["records"]} == {"xla", "numpy"}
+  assert peak.with_fraction({"flops": 2e9, "median_ms": 10.0}, 4e11) == {
+    "flops": 2e9,
+    "median_ms": 10.0,
+    "achieved_flops_per_s": 2e11,
+    "fraction_of_peak": 0.5,
+  }
+  assert peak.with_fraction({"median_ms": 1.0}, 1e9)["fraction_of_peak"] is None
+
+
+def test_seed_axis_benchmark_micro(tmp_path):
+  from benchmarks import seed_axis
+
+  out = str(tmp_path / "sa.json")
+  res = seed_axis.main(["--out", out, "--micro"])
+  modes = {r["mode"]: r for r in res["records"]}
+  assert set(modes) == {"vmap", "map", "separate"}
+  assert modes["separate"]["ratio_to_separate"] == 1.0
+  assert all(r["median_ms"] > 0 for r in res["records"])
+  assert os.path.exists(str(tmp_path / "sa.md"))
 
 
 def test_data_parallel_subprocess_uses_fake_devices():
@@ -367,6 +416,17 @@ def test_accelerator_script_cpu_path_writes_one_json(tmp_path):
   assert {r["regimen"] for r in d["bench_records"]} >= {
     "dropout",
     "explicit_implicit",
+  }
+  assert d["peak"]["peak_flops_per_s"] > 0  # measured (micro sizes)
+  assert all(
+    r["fraction_of_peak"] > 0
+    for r in d["bench_records"]
+    if r["experiment"] == "regimens"
+  )
+  assert {r["mode"] for r in d["seed_axis_records"]} == {
+    "vmap",
+    "map",
+    "separate",
   }
   s = d["main_job_slice"]
   assert s["steps"] == 40 and s["regimen"] == "explicit_implicit"
