@@ -479,6 +479,12 @@ class Suite:
     )
 
   def _torch_group(self, model, regs, peers, threads, repeats):
+    import torch
+
+    # Dynamo caches compiled graphs per code object, and every trainer
+    # compiles the same functional_step: past its recompile limit (8) it
+    # silently runs eager. A fresh cache per group keeps every graph.
+    torch._dynamo.reset()
     self.log(
       f"[torch_compile] {model.name}: {', '.join(regs)} x "
       f"jax + {', '.join(peers)}"

@@ -440,3 +440,14 @@ def test_accelerator_script_cpu_path_writes_one_json(tmp_path):
     timeout=120,
   )
   assert r.returncode != 0 and "--allow-cpu" in r.stderr
+
+
+def test_step_breakdown_micro(tmp_path):
+  from benchmarks import breakdown
+
+  res = breakdown.main(["--out", str(tmp_path / "b.json"), "--micro"])
+  parts = {r["part"]: r for r in res["records"]}
+  assert "Adam update alone" in parts and "step: dropout" in parts
+  assert all(r["median_ms"] > 0 for r in res["records"])
+  # The dropout step does the clean gradient's matmuls and more.
+  assert parts["step: dropout"]["flops"] > parts["gradient, clean loss"]["flops"]
