@@ -454,28 +454,151 @@ def explicit_implicit(
 path_str = _tree.path_string
 
 
+EMBEDDING_NAMES = ("embedding",)
+"""Leaf names of embedding tables: Flax's ``nnx.Embed`` and ``linen.Embed``
+store their table as ``embedding``. Such a leaf is not a kernel for the
+penalties and targeted dropout (:func:`kernels`); pass your own ``where`` to
+include it."""
+
+
+def is_embedding(path: str) -> bool:
+  """Whether the leaf at ``path`` is an embedding table (its last path
+  component is in :data:`EMBEDDING_NAMES`, e.g. ``"embed/embedding"``)."""
+  return path.rsplit("/", 1)[-1] in EMBEDDING_NAMES
+
+
 def kernels(path: str, leaf: Array) -> bool:
-  """Default leaf filter for penalties: every kernel (rank >= 2), no biases.
+  """Default leaf filter for penalties: every kernel (rank >= 2) that is not
+  an embedding table (:func:`is_embedding`); no biases.
 
-  The ``(path, leaf)`` filter form of :func:`dropjax.tree.is_kernel`.
+  Embedding tables are left out by choice: they are lookup tables, not
+  layers whose weights multiply activations, and Keras' ``kernel_regularizer``
+  and Gomez et al.'s targeted dropout do not touch them either.
   """
-  del path
-  return _tree.is_kernel(leaf)
+  return _tree.is_kernel(leaf) and not is_embedding(path)
 
 
-def hidden_kernels(params) -> LeafFilter:
-  """Filter selecting every kernel except the last one in flatten order.
+def _stand_in(leaf, rng):
+  """A concrete array shaped like ``leaf``: normal floats, zero integers."""
+  shape, dtype = jnp.shape(leaf), jnp.result_type(leaf)
+  if jnp.issubdtype(dtype, jnp.floating):
+    return jnp.asarray(rng.normal(size=shape), dtype)
+  return jnp.zeros(shape, dtype)
 
-  Targeted dropout's protocol leaves the logits layer alone; with layers
-  named so that flatten order is depth order, the last kernel is the logits.
+
+def output_kernels(
+  apply: _sites.Apply, params, x, *, has_aux: bool = False
+) -> tuple[str, ...]:
+  """Paths of the kernels that produce the model's outputs (the logits
+  layer), found from the model's structure, not from names or order.
+
+  The test: with the cotangent that selects output unit 0 alone
+  (``e_0`` at every position), a kernel ``W`` of the output layer
+  (``out = h @ W + b``, last axis the ``K`` outputs) gets a gradient only in
+  its column 0, while a kernel before it gets one in every column. A kernel
+  is an output kernel when its last axis has the outputs' size ``K >= 2``,
+  its gradient is zero in columns ``1..K-1`` and nonzero in column 0.
+
+  It runs on stand-ins (standard-normal weights and float inputs of the same
+  shapes and dtypes, zero integer inputs), eagerly, so it can be called
+  with traced ``params`` and ``x`` inside ``jit`` (it runs once per trace,
+  under ``jax.ensure_compile_time_eval``). Embedding tables
+  (:func:`is_embedding`) are never output kernels: a decoder tied to the
+  embedding has none, and then every other kernel is hidden.
+
+  Args:
+    apply: the model ``apply(params, x, sites)``.
+    params: its parameters (arrays or tracers).
+    x: a batch of inputs (arrays or tracers).
+    has_aux: ``apply`` returns ``(outputs, aux)``.
+
+  Returns:
+    Path strings (:func:`dropjax.tree.path_string`) in flatten order.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> def apply(p, x, sites):
+    ...   h = jnp.tanh(x @ p["fc1"]["kernel"])
+    ...   return h @ p["classifier"]["kernel"]
+    >>> p = {"fc1": {"kernel": jnp.ones((3, 4))},
+    ...      "classifier": {"kernel": jnp.ones((4, 2))}}
+    >>> output_kernels(apply, p, jnp.ones((5, 3)))
+    ('classifier/kernel',)
   """
-  leaves = [
-    (path_str(p), l)
-    for p, l in jax.tree_util.tree_flatten_with_path(params)[0]
-    if _tree.is_kernel(l)
-  ]
-  last = leaves[-1][0] if leaves else None
-  return lambda path, leaf: kernels(path, leaf) and path != last
+  import numpy as np
+
+  with jax.ensure_compile_time_eval():
+    rng = np.random.default_rng(0)
+    p0 = jax.tree.map(lambda l: _stand_in(l, rng), params)
+    x0 = jax.tree.map(lambda l: _stand_in(l, rng), x)
+
+    def out_fn(p):
+      return _sites.call_apply(apply, p, x0, _sites.identity_sites, has_aux)[0]
+
+    out, vjp = jax.vjp(out_fn, p0)
+    k = out.shape[-1] if out.ndim else 0
+    if k < 2:
+      return ()
+    ct = jnp.zeros(out.shape, out.dtype).at[..., 0].set(1)
+    (grads,) = vjp(ct)
+    found = []
+    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+      ps = path_str(path)
+      if not kernels(ps, g) or g.shape[-1] != k:
+        continue
+      g = np.asarray(g)
+      if not np.any(g[..., 1:]) and np.any(g[..., 0]):
+        found.append(ps)
+  return tuple(found)
+
+
+def hidden_kernels(
+  apply: _sites.Apply, params, x, *, has_aux: bool = False
+) -> LeafFilter:
+  """Filter selecting every kernel but the output layer's and embeddings.
+
+  Targeted dropout's protocol (Gomez et al. 2019) leaves the logits layer
+  alone. The output layer is found from the model's structure
+  (:func:`output_kernels`), whatever the layers are named; embedding tables
+  are not kernels (:func:`kernels`).
+
+  Args:
+    apply, params, x, has_aux: the model, its parameters and a batch of
+      inputs (arrays or tracers), as for :func:`output_kernels`.
+
+  Returns:
+    A ``(path, leaf) -> bool`` filter.
+  """
+  out = set(output_kernels(apply, params, x, has_aux=has_aux))
+  return lambda path, leaf: kernels(path, leaf) and path not in out
+
+
+def select_kernels(
+  *, exclude=(), include_embeddings: bool = False
+) -> LeafFilter:
+  """A filter of kernels chosen by path, for ``where=`` of the penalties and
+  targeted dropout.
+
+  Args:
+    exclude: path strings (e.g. ``("classifier/kernel",)``) or path prefixes
+      ending in ``/`` (e.g. ``("classifier/",)``) to leave out.
+    include_embeddings: also select embedding tables.
+
+  Returns:
+    A ``(path, leaf) -> bool`` filter.
+  """
+  exclude = tuple(exclude)
+
+  def where(path, leaf):
+    if not _tree.is_kernel(leaf):
+      return False
+    if is_embedding(path) and not include_embeddings:
+      return False
+    return not any(
+      path == e or (e.endswith("/") and path.startswith(e)) for e in exclude
+    )
+
+  return where
 
 
 def map_selected(fn: Callable[[Array, int], Array], params, where: LeafFilter):
@@ -563,7 +686,11 @@ def _targeted(apply, drop_fn, gamma, alpha, where, loss, has_aux):
 
   def objective(params, batch, key):
     x, y = _split_batch(batch)
-    sel = where if where is not None else hidden_kernels(params)
+    sel = (
+      where
+      if where is not None
+      else hidden_kernels(apply, params, x, has_aux=has_aux)
+    )
     thinned = map_selected(
       lambda w, i: drop_fn(
         jax.random.fold_in(key, i), w, gamma=gamma, alpha=alpha
@@ -594,7 +721,9 @@ def targeted_weight(
   Each step thins every selected kernel with
   :func:`dropjax.targeted_weight_dropout` (one mask per kernel per step,
   shared by the batch, no rescaling) and trains on the thinned network.
-  ``where`` defaults to every kernel but the last (the logits).
+  ``where`` defaults to every kernel but the output layer's, found from the
+  model's structure (:func:`hidden_kernels`), and no embedding table; pass
+  a filter (e.g. :func:`select_kernels`) to choose yourself.
   """
   return _targeted(
     apply, _dropout.targeted_weight_dropout, gamma, alpha, where, loss, has_aux
@@ -610,7 +739,10 @@ def targeted_unit(
   loss: str = "softmax_cross_entropy",
   has_aux: bool = False,
 ) -> Objective:
-  """Targeted unit dropout on the selected kernels (Gomez et al. 2019)."""
+  """Targeted unit dropout on the selected kernels (Gomez et al. 2019).
+
+  ``where`` as in :func:`targeted_weight`.
+  """
   return _targeted(
     apply, _dropout.targeted_unit_dropout, gamma, alpha, where, loss, has_aux
   )

@@ -245,6 +245,94 @@ def test_targeted_dropout_leaves_the_logits_layer_alone():
   assert float((seen["w1"] == 0).mean()) > 0.3
 
 
+def _named_mlp(p, x, sites):
+  """Layers named so that flatten (alphabetical) order is not depth order:
+  classifier < fc1 < fc2."""
+  h = sites("h1", jnp.tanh(x @ p["fc1"]["kernel"]))
+  h = sites("h2", jnp.tanh(h @ p["fc2"]["kernel"]))
+  return h @ p["classifier"]["kernel"] + p["classifier"]["bias"]
+
+
+NAMED = {
+  "fc1": {"kernel": PARAMS["w1"]},
+  "fc2": {"kernel": PARAMS["w2"]},
+  "classifier": {"kernel": PARAMS["w3"], "bias": jnp.zeros(3)},
+}
+
+
+def test_output_layer_is_found_by_structure_not_by_name_order():
+  """With layers fc1, fc2, classifier, the logits layer is `classifier`
+  (flatten order would say fc2), and targeted dropout thins fc1 and fc2."""
+  assert O.output_kernels(_named_mlp, NAMED, BATCH[0]) == ("classifier/kernel",)
+  seen = {}
+
+  def spy(p, x, sites):
+    seen.update(jax.tree.map(lambda a: a, p))
+    return _named_mlp(p, x, sites)
+
+  obj = O.targeted_weight(spy, gamma=0.9, alpha=1.0)
+  jax.jit(obj)(NAMED, BATCH, jax.random.key(0))  # traced params: still found
+  obj(NAMED, BATCH, jax.random.key(0))
+  np.testing.assert_array_equal(
+    seen["classifier"]["kernel"], NAMED["classifier"]["kernel"]
+  )
+  for layer in ("fc1", "fc2"):
+    assert float((seen[layer]["kernel"] == 0).mean()) > 0.3, layer
+
+
+def test_embeddings_are_not_kernels_and_lm_decoders_are_outputs():
+  from dropjax.models import lstm
+
+  apply, params, _, model = lstm.make_lm(
+    7, key=0, embed_dim=3, hidden_size=4, num_layers=2
+  )
+  x = (jnp.zeros((2, 5), jnp.int32), model.initial_carry(2))
+  assert O.output_kernels(apply, params, x, has_aux=True) == ("decoder/kernel",)
+  sel = O.hidden_kernels(apply, params, x, has_aux=True)
+  chosen = [
+    O.path_str(p)
+    for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    if sel(O.path_str(p), leaf)
+  ]
+  assert chosen == [
+    "lstm_0/w_hh",
+    "lstm_0/w_ih",
+    "lstm_1/w_hh",
+    "lstm_1/w_ih",
+  ]
+  emb = params["embed"]["embedding"]
+  assert not O.kernels("embed/embedding", emb)
+  assert O.select_kernels(include_embeddings=True)("embed/embedding", emb)
+  # L2 by default leaves the embedding table alone.
+  _, aux = O.l2(apply, coef=1.0, has_aux=True)(
+    params, (x, jnp.zeros((2, 5), jnp.int32)), None
+  )
+  want = sum(
+    float(jnp.square(leaf).sum())
+    for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    if leaf.ndim >= 2 and O.path_str(p) != "embed/embedding"
+  )
+  np.testing.assert_allclose(float(aux["penalty"]), want, rtol=1e-6)
+
+
+def test_user_selection_of_kernels():
+  where = O.select_kernels(exclude=("fc2/",))
+  assert where("fc1/kernel", NAMED["fc1"]["kernel"])
+  assert not where("fc2/kernel", NAMED["fc2"]["kernel"])
+  assert not where("classifier/bias", NAMED["classifier"]["bias"])
+  seen = {}
+
+  def spy(p, x, sites):
+    seen.update(jax.tree.map(lambda a: a, p))
+    return _named_mlp(p, x, sites)
+
+  O.targeted_weight(spy, gamma=0.9, alpha=1.0, where=where)(
+    NAMED, BATCH, jax.random.key(0)
+  )
+  np.testing.assert_array_equal(seen["fc2"]["kernel"], NAMED["fc2"]["kernel"])
+  assert float((seen["classifier"]["kernel"] == 0).mean()) > 0.3
+
+
 # ------------------------------------------ arguments that must not be ignored
 
 

@@ -245,7 +245,7 @@ def test_targeted_dropout_matches_sort():
   lib = objectives.targeted_weight(apply, gamma=0.75, alpha=0.66)
 
   def ref(params, batch, key):
-    sel = objectives.hidden_kernels(params)
+    sel = objectives.hidden_kernels(apply, params, batch[0])
     thinned = objectives.map_selected(
       lambda w, i: _sort_targeted_weight_dropout(
         jax.random.fold_in(key, i), w, gamma=0.75, alpha=0.66
