@@ -450,4 +450,6 @@ def test_step_breakdown_micro(tmp_path):
   assert "Adam update alone" in parts and "step: dropout" in parts
   assert all(r["median_ms"] > 0 for r in res["records"])
   # The dropout step does the clean gradient's matmuls and more.
-  assert parts["step: dropout"]["flops"] > parts["gradient, clean loss"]["flops"]
+  assert (
+    parts["step: dropout"]["flops"] > parts["gradient, clean loss"]["flops"]
+  )
