@@ -120,6 +120,25 @@ def _check_k(k):
     )
 
 
+def _check_broadcast_axes(broadcast_axes) -> tuple[int, ...] | None:
+  """``None`` for a mapping (or ``None``); the axes tuple when one tuple of
+  ints is given for every site.
+
+  Raises:
+    TypeError: anything else, naming the accepted forms.
+  """
+  if broadcast_axes is None or isinstance(broadcast_axes, Mapping):
+    return None
+  if isinstance(broadcast_axes, (tuple, list)) and all(
+    isinstance(a, int) and not isinstance(a, bool) for a in broadcast_axes
+  ):
+    return tuple(broadcast_axes)
+  raise TypeError(
+    "broadcast_axes must be a {site: axes} mapping (e.g. {'emb': (1,)}) or "
+    f"one tuple of axes for every site (e.g. (1,)), got {broadcast_axes!r}."
+  )
+
+
 def dropout_family(
   apply: _sites.Apply,
   *,
@@ -128,7 +147,7 @@ def dropout_family(
   fix_noise: bool = False,
   implicit: bool = False,
   implicit_scale=None,
-  broadcast_axes: Mapping[str, Sequence[int]] | None = None,
+  broadcast_axes: Mapping[str, Sequence[int]] | Sequence[int] | None = None,
   noise: str = "bernoulli",
   loss: str = "softmax_cross_entropy",
   has_aux: bool = False,
@@ -154,7 +173,9 @@ def dropout_family(
     fix_noise: add the fix-noise term.
     implicit: add the implicit regularizer.
     implicit_scale: its covariance scale (default ``1 - 1/k``).
-    broadcast_axes: ``{site: axes}`` for locked dropout.
+    broadcast_axes: locked dropout: ``{site: axes}``, or one tuple of axes
+      for every site (e.g. ``(1,)``: one mask per sequence, shared over
+      time), with the meaning of :func:`dropjax.dropout`'s argument.
     noise: ``"bernoulli"`` or ``"gaussian"``.
     loss: loss name.
     has_aux: ``apply`` returns ``(outputs, aux)``; ``model_aux`` comes from
@@ -167,6 +188,7 @@ def dropout_family(
   Raises:
     ValueError: bad ``k``, rate, loss or noise; ``broadcast_axes`` with
       Gaussian noise; (when called) a model without dropout sites.
+    TypeError: ``broadcast_axes`` neither a mapping nor a tuple of ints.
       KeyError (when called): a rate or ``broadcast_axes`` entry for a site
       the model does not have.
   """
@@ -176,8 +198,9 @@ def dropout_family(
     implicit_scale = 1.0 - 1.0 / k
   _sites.check_rates(rates)
   _sites.dropout_sites(jax.random.key(0), rates, noise=noise)  # validates noise
-  if noise == "gaussian" and any(
-    tuple(a) for a in (broadcast_axes or {}).values()
+  every_site = _check_broadcast_axes(broadcast_axes)
+  if noise == "gaussian" and (
+    bool(every_site) or any(tuple(a) for a in (broadcast_axes or {}).values())
   ):
     raise ValueError(
       "broadcast_axes (locked masks) are supported for Bernoulli noise only; "
@@ -196,7 +219,11 @@ def dropout_family(
         "(with Flax NNX: dropjax.flax.Dropout layers) or use the 'none' "
         "regimen."
       )
-    unknown = sorted(set(broadcast_axes or {}) - set(site_rates))
+    if every_site is not None:
+      axes = {s: every_site for s in site_rates}
+    else:
+      axes = dict(broadcast_axes or {})
+    unknown = sorted(set(axes) - set(site_rates))
     if unknown:
       raise KeyError(
         f"broadcast_axes names unknown dropout site(s) {unknown}; the "
@@ -206,7 +233,7 @@ def dropout_family(
 
     def one(mask_key):
       sites = _sites.dropout_sites(
-        mask_key, site_rates, broadcast_axes=broadcast_axes, noise=noise
+        mask_key, site_rates, broadcast_axes=axes, noise=noise
       )
       out, maux = _sites.call_apply(apply, params, x, sites, has_aux)
       return _losses.mean_loss(loss, out, y), maux

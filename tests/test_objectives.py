@@ -364,6 +364,25 @@ def test_dropout_refuses_arguments_it_would_ignore():
   assert np.isfinite(float(loss))
 
 
+def test_broadcast_axes_for_every_site_or_per_site():
+  """One tuple of axes means those axes at every site (as a mapping naming
+  every site would); Gaussian noise refuses either form; other types are
+  refused by name."""
+  key = jax.random.key(3)
+  every = O.dropout(mlp, rates=0.5, broadcast_axes=(0,))(PARAMS, BATCH, key)
+  mapped = O.dropout(mlp, rates=0.5, broadcast_axes={"h1": (0,), "h2": (0,)})(
+    PARAMS, BATCH, key
+  )
+  unlocked = O.dropout(mlp, rates=0.5)(PARAMS, BATCH, key)
+  assert float(every[0]) == float(mapped[0])
+  assert float(every[0]) != float(unlocked[0])
+  for axes in ((0,), {"h1": (0,)}):
+    with pytest.raises(ValueError, match="broadcast_axes.*Bernoulli"):
+      O.gaussian_dropout(mlp, rates=0.5, broadcast_axes=axes)
+  with pytest.raises(TypeError, match="broadcast_axes must be"):
+    O.dropout(mlp, rates=0.5, broadcast_axes="time")
+
+
 def test_gaussian_dropout_regimen_is_dropout_with_gaussian_noise():
   key = jax.random.key(3)
   a, _ = O.gaussian_dropout(mlp, rates=0.3)(PARAMS, BATCH, key)
