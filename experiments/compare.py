@@ -96,6 +96,8 @@ def load_setting(config, setting: str) -> djdata.ImageDataset:
   except djdata.DataError:
     raise
   except ValueError as e:
+    if "unknown data source" in str(e):
+      raise ValueError(f"{e} (--config.data.source)") from None
     raise ValueError(
       f"{e} (set by --config.data.validation_size and "
       f"--config.{setting}.train_size)"
@@ -400,24 +402,50 @@ def _load_results(path: str) -> dict:
   return {"records": [], "failures": [], "diagnostics": []}
 
 
+def validate(config) -> tuple[Model, dict]:
+  """Everything that can be checked before training, in one place: the
+  model, the settings and their hyperparameters, and each setting's data
+  (loaded here, image size and label range checked).
+
+  Returns:
+    ``(model, {setting: dataset})``.
+
+  Raises:
+    harness.ConfigError: the first problem, with the ``--config`` key or the
+      data to change.
+  """
+  try:
+    model = Model(config)
+    for setting in config.settings:
+      if setting not in config:
+        raise ValueError(
+          f"setting {setting!r} has no config block (config.{setting}); "
+          "--config.settings lists the blocks to run."
+        )
+      for regimen in config.regimens:
+        hp = config[setting].hparams
+        check_hparams(regimen, hp[regimen].to_dict() if regimen in hp else {})
+    datasets = {}
+    for setting in config.settings:
+      datasets[setting] = load_setting(config, setting)
+      check_dataset(config, datasets[setting])
+  except (ValueError, KeyError, djdata.DataError) as e:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    raise harness.ConfigError(msg) from e
+  return model, datasets
+
+
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the whole comparison; returns the results dict.
 
   Raises:
     harness.ConfigMismatchError: ``workdir`` holds results of a config that
       differs in a key outside :data:`VOLATILE_KEYS`.
-    ValueError: a bad config (named key) or labels outside the model's
-      outputs, before any training.
+    harness.ConfigError: a bad config (named key), missing or corrupt data,
+      or labels outside the model's outputs, before any training and before
+      anything is written (:func:`validate`).
   """
-  model = Model(config)
-  for setting in config.settings:
-    if setting not in config:
-      raise ValueError(
-        f"setting {setting!r} has no config block (config.{setting})."
-      )
-    for regimen in config.regimens:
-      hp = config[setting].hparams
-      check_hparams(regimen, hp[regimen].to_dict() if regimen in hp else {})
+  model, datasets = validate(config)
   os.makedirs(workdir, exist_ok=True)
   harness.check_config(workdir, config, VOLATILE_KEYS)
   path = os.path.join(workdir, RESULTS_FILE)
@@ -433,7 +461,7 @@ def run(config, workdir: str) -> dict:
   t0 = time.time()
   seeds = tuple(int(s) for s in config.seeds)
   with djtrain.CompileStats() as compile_stats:
-    _run_settings(config, model, seeds, results, done, workdir)
+    _run_settings(config, model, datasets, seeds, results, done, workdir)
   # Accumulated over sessions when the job is resumed.
   wall = time.time() - t0
   results["wall_seconds"] = results.get("wall_seconds", 0.0) + wall
@@ -450,13 +478,14 @@ def run(config, workdir: str) -> dict:
   return results
 
 
-def _run_settings(config, model, seeds, results, done, workdir) -> None:
+def _run_settings(
+  config, model, datasets, seeds, results, done, workdir
+) -> None:
   """Trains (and diagnoses) every unfinished (setting, regimen) of
   ``config``, writing ``results`` to ``workdir/results.json`` after each."""
   path = os.path.join(workdir, RESULTS_FILE)
   for setting in config.settings:
-    ds = load_setting(config, setting)
-    check_dataset(config, ds)
+    ds = datasets[setting]
     for regimen in config.regimens:
       if (setting, regimen) in done:
         print(f"[compare] {setting}/{regimen}: finished earlier, skipped.")

@@ -54,6 +54,12 @@ class TupleSyntaxError(ValueError):
   """A tuple option given on the command line could not be read."""
 
 
+class ConfigError(ValueError):
+  """Bad input found before any training (a config value, the data, the
+  labels): the command line prints the message as one error, without a
+  traceback, and leaves no files behind in a new work directory."""
+
+
 def config_path(name: str) -> str:
   """The path of ``experiments/configs/<name>.py``."""
   return os.path.join(_CONFIGS, f"{name}.py")
@@ -460,7 +466,7 @@ def main(
     try:
       with workdir_lock(workdir):
         result = run(cfg, workdir)
-    except (ConfigMismatchError, WorkdirLockedError) as e:
+    except (ConfigMismatchError, WorkdirLockedError, ConfigError) as e:
       _fail(name, str(e))
     finally:
       if (

@@ -7,6 +7,7 @@ import pytest
 
 from dropjax import data as djdata
 from experiments import compare
+from experiments import harness
 from experiments.configs import compare as compare_configs
 
 pytestmark = pytest.mark.slow
@@ -108,14 +109,19 @@ def test_nan_stops_the_run_and_keeps_the_others(tmp_path):
 
 
 def test_bad_data_directory_names_the_fix(tmp_path):
+  """Missing data stops the job before anything is written; the message is
+  the data loader's, with its fix."""
   config = compare_configs.get_config("smoke")
   config.data.source = f"idx:{tmp_path / 'nowhere'}"
-  with pytest.raises(djdata.DataError, match=r"idx:/path/to/dir"):
+  with pytest.raises(harness.ConfigError, match=r"idx:/path/to/dir") as e:
     compare.run(config, str(tmp_path / "out"))
+  assert isinstance(e.value.__cause__, djdata.DataError)
+  assert not os.path.exists(tmp_path / "out")
   config.data.source = "fashion_mnist"
   config.data.data_dir = str(tmp_path / "nowhere")
-  with pytest.raises(djdata.DataError, match="dataset-fashion-mnist"):
+  with pytest.raises(harness.ConfigError, match="dataset-fashion-mnist"):
     compare.run(config, str(tmp_path / "out2"))
+  assert not os.path.exists(tmp_path / "out2")
 
 
 @needs_data
@@ -222,6 +228,14 @@ def test_bad_configs_are_refused_before_training(
   monkeypatch.setattr(compare.djtrain, "train", no_training)
   with pytest.raises(ValueError, match=message):
     compare.run(config, str(tmp_path))
+
+
+def test_unknown_regimen_in_a_comma_list_is_refused_before_anything(tmp_path):
+  config = compare_configs.get_config("smoke")
+  config.regimens = ("dropout", "nope")
+  with pytest.raises(harness.ConfigError, match="unknown regimen 'nope'"):
+    compare.run(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
 
 
 def test_compounding_and_the_diagnostics_sentence_follow_the_numbers():

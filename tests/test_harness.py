@@ -150,7 +150,9 @@ def test_compare_refuses_a_changed_config_on_resume(tmp_path, monkeypatch):
   def stop(*a, **k):
     raise _Stop()
 
-  monkeypatch.setattr(compare, "load_setting", stop)  # no training
+  # No data, no training: stop right after the config guard.
+  monkeypatch.setattr(compare, "validate", lambda c: (None, {}))
+  monkeypatch.setattr(compare, "_run_settings", stop)
   config = compare_configs.get_config("smoke")
   with pytest.raises(_Stop):
     compare.run(config, str(tmp_path))
@@ -258,11 +260,25 @@ def test_cli_errors_are_one_line_and_leave_no_workdir(tmp_path):
     (("--workdir", w, "--config", "nowhere.py"), "no config file"),
     (("--workdir", w, "--config.seeds=a,b"), "comma list"),
     (("--workdir", w, "--config.nokey=1"), "unknown config key"),
+    # Found by the job itself before training (harness.ConfigError):
+    (
+      ("--workdir", w, "--config.data.source=idx:/nonexistent"),
+      "data directory not found",
+    ),
+    (
+      ("--workdir", w, "--config.data.source=mnist2"),
+      "--config.data.source",
+    ),
+    (("--workdir", w, "--config.settings=n9"), "no config block"),
   ):
     r = _cli("experiments.compare", *args)
     assert r.returncode != 0
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and want in lines[0], r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("compare: error: ") and want in r.stderr, (
+      r.stderr
+    )
+    if "data directory" not in want:  # the IDX error adds its "To fix:" line
+      assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not os.path.exists(w)
   r = _cli("experiments.compare_report", "--workdir", w)
   assert r.returncode != 0 and "results.json" in r.stderr
