@@ -104,6 +104,13 @@ def load_setting(config, setting: str) -> djdata.ImageDataset:
     ) from None
 
 
+def load_checked(config, setting: str) -> djdata.ImageDataset:
+  """:func:`load_setting` then :func:`check_dataset`."""
+  ds = load_setting(config, setting)
+  check_dataset(config, ds)
+  return ds
+
+
 def check_dataset(config, ds: djdata.ImageDataset) -> None:
   """Inputs of the model's size and labels in ``[0, K)``, before training.
 
@@ -414,7 +421,7 @@ def validate(config) -> tuple[Model, dict]:
     harness.ConfigError: the first problem, with the ``--config`` key or the
       data to change.
   """
-  try:
+  with harness.config_errors():
     model = Model(config)
     for setting in config.settings:
       if setting not in config:
@@ -425,13 +432,7 @@ def validate(config) -> tuple[Model, dict]:
       for regimen in config.regimens:
         hp = config[setting].hparams
         check_hparams(regimen, hp[regimen].to_dict() if regimen in hp else {})
-    datasets = {}
-    for setting in config.settings:
-      datasets[setting] = load_setting(config, setting)
-      check_dataset(config, datasets[setting])
-  except (ValueError, KeyError, djdata.DataError) as e:
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    raise harness.ConfigError(msg) from e
+    datasets = {s: load_checked(config, s) for s in config.settings}
   return model, datasets
 
 

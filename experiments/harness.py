@@ -60,6 +60,22 @@ class ConfigError(ValueError):
   traceback, and leaves no files behind in a new work directory."""
 
 
+@contextlib.contextmanager
+def config_errors() -> Iterator[None]:
+  """Turns the ``ValueError``, ``KeyError`` and ``dropjax.data.DataError``
+  raised inside into :class:`ConfigError` (same message, the original as
+  ``__cause__``). Wrap an experiment's checks that run before training."""
+  from dropjax.data import DataError
+
+  try:
+    yield
+  except ConfigError:
+    raise
+  except (ValueError, KeyError, DataError) as e:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    raise ConfigError(msg) from e
+
+
 def config_path(name: str) -> str:
   """The path of ``experiments/configs/<name>.py``."""
   return os.path.join(_CONFIGS, f"{name}.py")

@@ -127,20 +127,25 @@ def run(config, workdir: str) -> dict:
   """Runs (or resumes) the whole grid; returns the results dict.
 
   Raises:
-    ValueError: a bad grid or setting (named config key), before training.
+    harness.ConfigError: a bad grid or setting (named config key), missing
+      or corrupt data, or labels outside the model's outputs, before
+      anything is written.
     harness.ConfigMismatchError: ``workdir`` holds another config's results.
   """
-  model = compare.Model(config)
   plan = []
-  for setting in config.settings:
-    if setting not in config:
-      raise ValueError(
-        f"setting {setting!r} has no config block (config.{setting})."
-      )
-    for regimen in config.regimens:
-      for hp in grid_points(config, regimen):
-        compare.check_hparams(regimen, hp)
-        plan.append((setting, regimen, hp))
+  with harness.config_errors():
+    model = compare.Model(config)
+    for setting in config.settings:
+      if setting not in config:
+        raise ValueError(
+          f"setting {setting!r} has no config block (config.{setting})."
+        )
+      for regimen in config.regimens:
+        for hp in grid_points(config, regimen):
+          compare.check_hparams(regimen, hp)
+          plan.append((setting, regimen, hp))
+    for setting in config.settings:  # the data, checked (and let go)
+      compare.load_checked(config, setting)
   os.makedirs(workdir, exist_ok=True)
   harness.check_config(workdir, config, VOLATILE_KEYS)
   path = os.path.join(workdir, RESULTS_FILE)
@@ -154,9 +159,8 @@ def run(config, workdir: str) -> dict:
     if (setting, regimen, name) in done:
       continue
     if setting not in loaded:
-      ds = compare.load_setting(config, setting)
-      compare.check_dataset(config, ds)
-      loaded = {setting: ds}  # one setting in memory at a time
+      # one setting in memory at a time
+      loaded = {setting: compare.load_checked(config, setting)}
     ds = loaded[setting]
     print(f"[tune] {i + 1}/{len(plan)} {setting}/{regimen} {name}", flush=True)
     try:

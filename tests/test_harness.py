@@ -280,5 +280,9 @@ def test_cli_errors_are_one_line_and_leave_no_workdir(tmp_path):
     if "data directory" not in want:  # the IDX error adds its "To fix:" line
       assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not os.path.exists(w)
+  r = _cli("experiments.tune", "--workdir", w, "--config.data.source=mnist2")
+  assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+  assert r.stderr.startswith("tune: error: unknown data source 'mnist2'")
+  assert not os.path.exists(w)
   r = _cli("experiments.compare_report", "--workdir", w)
   assert r.returncode != 0 and "results.json" in r.stderr
