@@ -163,3 +163,70 @@ def test_a_given_name_that_collides_with_a_path_name_is_refused():
 
   with pytest.raises(ValueError, match="share the site name 'a': 'a' and 'b'"):
     dropjax.flax.site_spec(Clash(nnx.Rngs(0)))
+
+
+def _both(build, call):
+  """``call(layer)`` for a stock ``nnx.Dropout`` and a
+  ``dropjax.flax.Dropout`` built alike (``build(cls)``, no site name):
+  ``("ok", output)`` or ``("error", type, message)`` for each."""
+  out = []
+  for cls in (nnx.Dropout, dropjax.flax.Dropout):
+    layer = build(cls)
+    try:
+      out.append(("ok", np.asarray(call(layer))))
+    except Exception as e:  # noqa: BLE001 -- compared, not swallowed
+      out.append(("error", type(e), str(e)))
+  return out
+
+
+@pytest.mark.parametrize(
+  "case",
+  [
+    "layer rngs",
+    "call rngs",
+    "call rngs override layer rngs",
+    "deterministic at the call",
+    "deterministic attribute, call overrides",
+    "no rngs anywhere",
+    "under nnx.jit, twice",
+  ],
+)
+def test_drop_in_for_nnx_dropout_in_each_calling_convention(case):
+  """The behaviours a user of nnx.Dropout relies on (where the random
+  stream comes from, how `deterministic` is resolved, the error without
+  rngs, jit), checked against stock nnx.Dropout itself: only the class
+  differs, and no site name is given."""
+  x = jnp.ones((3, 10))
+  layer_rngs = lambda cls: cls(0.5, rngs=nnx.Rngs(dropout=0))  # noqa: E731
+  bare = lambda cls: cls(0.5)  # noqa: E731
+  cases = {
+    "layer rngs": (layer_rngs, lambda m: m(x)),
+    "call rngs": (bare, lambda m: m(x, rngs=nnx.Rngs(dropout=1))),
+    "call rngs override layer rngs": (
+      layer_rngs,
+      lambda m: m(x, rngs=nnx.Rngs(dropout=1)),
+    ),
+    "deterministic at the call": (
+      layer_rngs,
+      lambda m: m(x, deterministic=True),
+    ),
+    "deterministic attribute, call overrides": (
+      lambda cls: cls(0.5, deterministic=True, rngs=nnx.Rngs(dropout=0)),
+      lambda m: m(x, deterministic=False),
+    ),
+    "no rngs anywhere": (bare, lambda m: m(x)),
+    "under nnx.jit, twice": (
+      layer_rngs,
+      lambda m: jnp.stack([nnx.jit(lambda m, x: m(x))(m, x) for _ in "ab"]),
+    ),
+  }
+  stock, ours = _both(*cases[case])
+  assert stock[0] == ours[0], (stock, ours)
+  if stock[0] == "ok":
+    np.testing.assert_array_equal(ours[1], stock[1])
+    if case not in ("deterministic at the call",):
+      assert (ours[1] == 0).any()  # dropout did act
+    if case == "under nnx.jit, twice":
+      assert (ours[1][0] != ours[1][1]).any()  # the stream advanced
+  else:
+    assert ours[1] is stock[1] and ours[2] == stock[2]
