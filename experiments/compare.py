@@ -77,14 +77,27 @@ HPARAM_KEYS = {
 }
 
 
-def load_setting(config, setting: str) -> djdata.ImageDataset:
-  """The dataset of one setting (its training subset, validation, test)."""
+def setting_config(config, setting: str):
+  """``config[setting]``, the block of one setting.
+
+  Raises:
+    ValueError: the config has no such block (named, with the flag).
+  """
   if setting not in config:
     raise ValueError(
       f"setting {setting!r} has no config block (config.{setting}); "
       "--config.settings lists the blocks to run."
     )
-  sc = config[setting]
+  return config[setting]
+
+
+def load_setting(config, setting: str) -> djdata.ImageDataset:
+  """The dataset of one setting (its training subset, validation, test)."""
+  sc = setting_config(config, setting)
+  try:
+    djdata.parse_source(config.data.source)
+  except ValueError as e:
+    raise ValueError(f"{e} (--config.data.source)") from None
   try:
     return djdata.load_dataset(
       config.data.source,
@@ -96,8 +109,6 @@ def load_setting(config, setting: str) -> djdata.ImageDataset:
   except djdata.DataError:
     raise
   except ValueError as e:
-    if "unknown data source" in str(e):
-      raise ValueError(f"{e} (--config.data.source)") from None
     raise ValueError(
       f"{e} (set by --config.data.validation_size and "
       f"--config.{setting}.train_size)"
@@ -424,13 +435,8 @@ def validate(config) -> tuple[Model, dict]:
   with harness.config_errors():
     model = Model(config)
     for setting in config.settings:
-      if setting not in config:
-        raise ValueError(
-          f"setting {setting!r} has no config block (config.{setting}); "
-          "--config.settings lists the blocks to run."
-        )
+      hp = setting_config(config, setting).hparams
       for regimen in config.regimens:
-        hp = config[setting].hparams
         check_hparams(regimen, hp[regimen].to_dict() if regimen in hp else {})
     datasets = {s: load_checked(config, s) for s in config.settings}
   return model, datasets

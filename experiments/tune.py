@@ -136,16 +136,12 @@ def run(config, workdir: str) -> dict:
   with harness.config_errors():
     model = compare.Model(config)
     for setting in config.settings:
-      if setting not in config:
-        raise ValueError(
-          f"setting {setting!r} has no config block (config.{setting})."
-        )
+      compare.setting_config(config, setting)
       for regimen in config.regimens:
         for hp in grid_points(config, regimen):
           compare.check_hparams(regimen, hp)
           plan.append((setting, regimen, hp))
-    for setting in config.settings:  # the data, checked (and let go)
-      compare.load_checked(config, setting)
+    datasets = {s: compare.load_checked(config, s) for s in config.settings}
   os.makedirs(workdir, exist_ok=True)
   harness.check_config(workdir, config, VOLATILE_KEYS)
   path = os.path.join(workdir, RESULTS_FILE)
@@ -153,15 +149,11 @@ def run(config, workdir: str) -> dict:
   results["config"] = config.to_dict()
   done = {(r["setting"], r["regimen"], r["point"]) for r in results["records"]}
   t0 = time.time()
-  loaded = {}
   for i, (setting, regimen, hp) in enumerate(plan):
     name = point_name(hp)
     if (setting, regimen, name) in done:
       continue
-    if setting not in loaded:
-      # one setting in memory at a time
-      loaded = {setting: compare.load_checked(config, setting)}
-    ds = loaded[setting]
+    ds = datasets[setting]
     print(f"[tune] {i + 1}/{len(plan)} {setting}/{regimen} {name}", flush=True)
     try:
       records, _ = compare.train_point(
