@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dropjax import dropout as _dropout
 from dropjax import explicit as _explicit
@@ -552,8 +553,6 @@ def output_kernels(
     >>> output_kernels(apply, p, jnp.ones((5, 3)))
     ('classifier/kernel',)
   """
-  import numpy as np
-
   with jax.ensure_compile_time_eval():
     rng = np.random.default_rng(0)
     p0 = jax.tree.map(lambda l: _stand_in(l, rng), params)
@@ -617,11 +616,10 @@ def select_kernels(
   exclude = tuple(exclude)
 
   def where(path, leaf):
-    if not _tree.is_kernel(leaf):
-      return False
-    if is_embedding(path) and not include_embeddings:
-      return False
-    return not any(
+    chosen = (
+      _tree.is_kernel(leaf) if include_embeddings else kernels(path, leaf)
+    )
+    return chosen and not any(
       path == e or (e.endswith("/") and path.startswith(e)) for e in exclude
     )
 
