@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from typing import Sequence
 
 import jax
@@ -30,17 +28,6 @@ import jax.numpy as jnp
 
 from benchmarks import peak as _peak
 from benchmarks import steps, timing
-
-
-def _time(compiled, args, repeats: int) -> float:
-  for _ in range(3):
-    jax.block_until_ready(compiled(*args))
-  ts = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    ts.append(time.perf_counter() - t0)
-  return statistics.median(ts)
 
 
 def parts(model: steps.Model, opt) -> dict:
@@ -96,7 +83,9 @@ def measure(model: steps.Model, *, repeats: int, peak: float) -> list[dict]:
   recs = []
   for name, (fn, args) in parts(model, steps.optimizer()).items():
     compiled = jax.jit(fn).lower(*args).compile()
-    t = _time(compiled, args, repeats)
+    t = timing.median_seconds(
+      lambda: timing.block(compiled(*args)), repeats=repeats
+    )
     rec = dict(part=name, median_ms=1e3 * t, **timing.cost(compiled))
     recs.append(_peak.with_fraction(rec, peak))
   return recs

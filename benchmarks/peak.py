@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from typing import Sequence
 
 import jax
@@ -50,18 +48,6 @@ ENV_VARS = (
   "MKL_NUM_THREADS",
   "XLA_FLAGS",
 )
-
-
-def _time(fn, repeats: int, warmup: int) -> float:
-  """Median seconds of ``fn()`` (which blocks) after ``warmup`` calls."""
-  for _ in range(warmup):
-    fn()
-  ts = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t0)
-  return statistics.median(ts)
 
 
 def _repeats_for(n: int, micro: bool) -> int:
@@ -100,12 +86,14 @@ def matmul_rates(
     flops = 2.0 * n**3
     reps = _repeats_for(n, micro)
     ja, jb = jnp.asarray(a), jnp.asarray(b)
-    t = _time(lambda: mm(ja, jb).block_until_ready(), reps, 2)
+    t = timing.median_seconds(
+      lambda: mm(ja, jb).block_until_ready(), repeats=reps, warmup=2
+    )
     out.append(
       dict(library="xla", n=n, median_s=t, flops=flops, flops_per_s=flops / t)
     )
     if numpy:
-      t = _time(lambda: a @ b, reps, 2)
+      t = timing.median_seconds(lambda: a @ b, repeats=reps, warmup=2)
       out.append(
         dict(
           library="numpy", n=n, median_s=t, flops=flops, flops_per_s=flops / t

@@ -127,6 +127,13 @@ def time_interleaved(
   return times
 
 
+def median_seconds(fn: Callable[[], Any], *, repeats: int, warmup: int = 3):
+  """Median seconds of ``fn()`` (which blocks) over ``repeats`` calls after
+  ``warmup`` (:func:`time_interleaved` with one step)."""
+  ts = time_interleaved({"fn": fn}, repeats=repeats, warmup=warmup)["fn"]
+  return statistics.median(ts)
+
+
 def summary(seconds: Sequence[float]) -> dict[str, float]:
   """Median, quartiles and minimum in milliseconds, and the run count."""
   ms = sorted(1e3 * s for s in seconds)
