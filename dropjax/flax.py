@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 import flax.nnx as nnx
 import jax
 
+from dropjax import sites as _sites
 from dropjax.sites import Sites
 
 Array = jax.Array
@@ -216,24 +217,67 @@ def site_spec(model: nnx.Module) -> SiteSpec:
   return SiteSpec(rates=rates, broadcast_axes=axes)
 
 
+def _deep_merge(a: dict, b: dict) -> dict:
+  out = dict(a)
+  for k, v in b.items():
+    out[k] = _deep_merge(out[k], v) if k in out else v
+  return out
+
+
+def _take(tree: dict, template: dict) -> dict:
+  """The keys of ``template`` (recursively) taken from ``tree``."""
+  return {
+    k: _take(tree[k], v) if isinstance(v, dict) else tree[k]
+    for k, v in template.items()
+  }
+
+
+def _drop(tree: dict, template: dict) -> dict:
+  """``tree`` without the leaves of ``template``; emptied dicts removed."""
+  out = {}
+  for k, v in tree.items():
+    if k not in template:
+      out[k] = v
+    elif isinstance(template[k], dict) and isinstance(v, dict):
+      rest = _drop(v, template[k])
+      if rest:
+        out[k] = rest
+  return out
+
+
 def functional(
-  model: nnx.Module, *, wrt=nnx.Param
+  model: nnx.Module, *, wrt=nnx.Param, state=nnx.BatchStat
 ) -> tuple[Callable[[Any, Any, Sites], Any], dict]:
   """Turns an NNX model into ``apply(params, x, sites)`` and a params dict.
 
   The model's ``wrt`` variables (``nnx.Param`` by default) become a plain
-  nested dict (``nnx.to_pure_dict``); everything else (RNG streams of the
-  layers, ...) is frozen into ``apply``. ``apply`` rebuilds the module from
-  ``params`` on every call (cheap at trace time, free once jitted) and runs it
-  with :class:`Dropout` layers and :func:`site` calls routed to ``sites``.
+  nested dict (``nnx.to_pure_dict``); everything else except ``state``
+  (RNG streams of the layers, ...) is frozen into ``apply``. ``apply``
+  rebuilds the module from ``params`` on every call (cheap at trace time,
+  free once jitted) and runs it with :class:`Dropout` layers and
+  :func:`site` calls routed to ``sites``. The original ``model`` is never
+  mutated.
 
-  Non-parameter state that the forward pass mutates (e.g. BatchNorm running
-  statistics in training mode) is not carried back out; use models without
-  such state, or ``deterministic`` / ``use_running_average`` layers.
+  **Stateful models** (BatchNorm): variables of the ``state`` filter
+  (``nnx.BatchStat`` by default: BatchNorm's running mean and variance) are
+  leaves of ``params`` too, beside the layer's ``scale`` and ``bias``, and
+  ``apply`` returns ``(outputs, dropjax.sites.StateUpdate(new_stats))``.
+  With every site function but :func:`dropjax.sites.inference_sites` the
+  module runs as the model was built (``model.train()``: normalised by the
+  batch's statistics, running averages updated); with ``inference_sites``
+  (the engine's evaluation) it runs as after ``model.eval()`` (running
+  averages, nothing updated). The objectives hand the update on as
+  ``aux["model_aux"]`` and :func:`dropjax.train.train` writes it into the
+  parameters after every step; which forward pass it comes from under each
+  regimen is listed in :mod:`dropjax.objectives`. The gradient with respect
+  to the statistics is zero, and whatever the optimizer does to them is
+  overwritten by the update.
 
   Args:
     model: an ``nnx.Module`` whose ``__call__(x)`` returns the outputs.
     wrt: the variable filter that selects the parameters.
+    state: the filter of the non-trainable variables that the training
+      forward pass updates.
 
   Returns:
     ``(apply, params)``.
@@ -241,16 +285,56 @@ def functional(
   Raises:
     ValueError: the model holds a stock ``nnx.Dropout`` or two layers with
       one site name (:func:`name_sites`, which also names unnamed sites).
+
+  Example (a BatchNorm model; evaluation uses the running averages):
+
+  >>> import jax.numpy as jnp, dropjax
+  >>> class Net(nnx.Module):
+  ...   def __init__(self, rngs):
+  ...     self.l1 = nnx.Linear(4, 8, rngs=rngs)
+  ...     self.bn = nnx.BatchNorm(8, rngs=rngs)
+  ...     self.drop = dropjax.flax.Dropout(0.5, rngs=rngs)
+  ...     self.l2 = nnx.Linear(8, 3, rngs=rngs)
+  ...   def __call__(self, x):
+  ...     return self.l2(self.drop(nnx.relu(self.bn(self.l1(x)))))
+  >>> apply, params = dropjax.flax.functional(Net(nnx.Rngs(0)))
+  >>> sorted(params["bn"])
+  ['bias', 'mean', 'scale', 'var']
+  >>> out, update = apply(params, jnp.ones((5, 4)), dropjax.identity_sites)
+  >>> sorted(update.values["bn"])
+  ['mean', 'var']
   """
   name_sites(model)
-  graphdef, state, rest = nnx.split(model, wrt, ...)
-  params = nnx.to_pure_dict(state)
+  graphdef, trainable, stats, rest = nnx.split(model, wrt, state, ...)
+  trainable_dict = nnx.to_pure_dict(trainable)
+  stats_dict = nnx.to_pure_dict(stats)
+  if not stats_dict:
+    params = trainable_dict
 
-  def apply(params, x, sites: Sites):
-    st = jax.tree.map(lambda a: a, state)
-    nnx.replace_by_pure_dict(st, params)
-    module = nnx.merge(graphdef, st, rest)
+    def apply(params, x, sites: Sites):
+      st = jax.tree.map(lambda a: a, trainable)
+      nnx.replace_by_pure_dict(st, params)
+      module = nnx.merge(graphdef, st, stats, rest)
+      if _sites.is_inference(sites):
+        module.eval()
+      with using_sites(sites):
+        return module(x)
+
+    return apply, params
+
+  params = _deep_merge(trainable_dict, stats_dict)
+
+  def stateful_apply(params, x, sites: Sites):
+    st = jax.tree.map(lambda a: a, trainable)
+    nnx.replace_by_pure_dict(st, _drop(params, stats_dict))
+    ss = jax.tree.map(lambda a: a, stats)
+    nnx.replace_by_pure_dict(ss, _take(params, stats_dict))
+    module = nnx.merge(graphdef, st, ss, rest)
+    if _sites.is_inference(sites):
+      module.eval()
     with using_sites(sites):
-      return module(x)
+      out = module(x)
+    _, new_stats, _ = nnx.split(module, state, ...)
+    return out, _sites.StateUpdate(nnx.to_pure_dict(new_stats))
 
-  return apply, params
+  return stateful_apply, params

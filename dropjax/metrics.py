@@ -180,7 +180,7 @@ def _scan_sums(apply, preprocess, num_bins):
   def one(params, xb, yb, m):
     if preprocess is not None:
       xb, yb = preprocess(xb, yb)
-    out = apply(params, xb, _sites.identity_sites)
+    out = _sites.outputs_of(apply(params, xb, _sites.inference_sites))
     return calibration_sums(out, yb, m, num_bins=num_bins)
 
   @jax.jit

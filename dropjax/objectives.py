@@ -10,7 +10,17 @@ and a ``jax.random.key``, and returns the scalar to differentiate and an
 * ``implicit`` -- ``R_imp`` (0 where absent; zero-mean, its gradient is the
   noise);
 * ``penalty`` -- L1/L2 penalty (0 where absent);
-* ``model_aux`` -- only when ``has_aux=True``: the model's own aux output.
+* ``model_aux`` -- only when ``has_aux=True`` or the model is stateful: the
+  model's own aux output (a :class:`dropjax.sites.StateUpdate` for a model
+  with BatchNorm).
+
+Which forward pass a stateful model's update (BatchNorm's running
+statistics) and ``model_aux`` come from: the one pass of ``none``, ``l1``,
+``l2``; the masked pass of ``dropout`` and ``gaussian_dropout`` (as in Flax
+and PyTorch, the statistics see the dropped activations); the first mask's
+pass of ``dropout_k`` and its fix-noise / implicit variants; the clean pass
+(``delta = 0``, no noise) of ``explicit``, ``implicit`` and
+``explicit_implicit``; the pass with thinned weights of targeted dropout.
 
 Swapping dropout for its analytic replacement is one line:
 
@@ -73,7 +83,7 @@ def _aux(
     "implicit": z if implicit is None else implicit.astype(dt),
     "penalty": z if penalty is None else penalty.astype(dt),
   }
-  if has_aux:
+  if has_aux or model_aux is not None:
     out["model_aux"] = model_aux
   return out
 
@@ -241,7 +251,7 @@ def dropout_family(
 
     losses, mauxes = jax.vmap(one)(jax.random.split(k_masks, n_masks))
     data = jnp.mean(losses[:k])
-    maux = jax.tree.map(lambda a: a[0], mauxes) if has_aux else None
+    maux = jax.tree.map(lambda a: a[0], mauxes)  # the first mask's pass
     extra = None
     if fix_noise:
       extra = (

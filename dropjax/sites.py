@@ -9,13 +9,21 @@ that calls ``h = sites(name, h)`` at every place where dropout may act (a
 the activation there (or, for DropConnect, the weight). Each regimen is just a
 different choice of ``sites``:
 
-* :func:`identity_sites` -- no dropout (evaluation, or the clean forward pass
-  of the analytic regularizers);
+* :func:`identity_sites` -- no dropout, the model in training mode (the
+  ``none`` regimen, or the clean forward pass of the analytic regularizers);
+* :func:`inference_sites` -- no dropout, the model in inference mode
+  (evaluation: BatchNorm uses its running averages);
 * :func:`dropout_sites` -- stochastic dropout with per-site rates and noise;
 * :func:`perturbation_sites` -- ``h + delta[name]``; with ``delta = 0`` the
   outputs are unchanged and ``dL/d delta = dL/dh``, which is how the explicit
   and implicit regularizers reach the activations and their gradients without
   knowing the architecture.
+
+A model with state that its training-mode forward pass updates (BatchNorm's
+running statistics) keeps that state in ``params`` as well and returns
+``(outputs, StateUpdate(new_values))``: the objectives pass the update on as
+``aux["model_aux"]`` and the training engine writes it into the parameters
+after each step (:class:`StateUpdate`).
 
 Sites must be called at the top level of ``apply``'s trace (not inside a
 ``lax.scan``/``cond`` body): the analytic regularizers capture the site value
@@ -53,6 +61,84 @@ def identity_sites(name: str, h: Array) -> Array:
   """The no-dropout site function: returns ``h`` unchanged."""
   del name
   return h
+
+
+def inference_sites(name: str, h: Array) -> Array:
+  """The evaluation site function: returns ``h`` unchanged, like
+  :func:`identity_sites`, and also tells a model that distinguishes training
+  from inference (BatchNorm, :func:`dropjax.flax.functional`) to run in
+  inference mode (:func:`is_inference`). For a model without such layers the
+  two are the same function."""
+  del name
+  return h
+
+
+def is_inference(sites: Sites) -> bool:
+  """Whether ``sites`` is :func:`inference_sites` (the model should run in
+  inference mode: running averages, no state update)."""
+  return sites is inference_sites
+
+
+class StateUpdate(NamedTuple):
+  """New values for a stateful model's non-trainable leaves.
+
+  A model whose training forward pass updates state (BatchNorm's running
+  mean and variance) keeps that state as leaves of ``params`` and returns
+  ``(outputs, StateUpdate(values))``, ``values`` being the new leaves as a
+  nested dict that mirrors ``params`` (only the state's keys). Every
+  objective passes it on as ``aux["model_aux"]`` (from the pass named in
+  its docstring), and :func:`dropjax.train.make_train_step` writes it into
+  the parameters after the optimizer's update (:func:`apply_state_update`),
+  so the optimizer's step on those leaves (their gradient is zero) is
+  replaced by the new statistics. Evaluation (:func:`inference_sites`)
+  ignores it (:func:`outputs_of`).
+
+  Attributes:
+    values: nested dict of arrays, a sub-tree of ``params``.
+  """
+
+  values: Any
+
+
+def outputs_of(result):
+  """The outputs of ``apply(...)``, without a :class:`StateUpdate`."""
+  if _is_stateful(result):
+    return result[0]
+  return result
+
+
+def _is_stateful(result) -> bool:
+  return (
+    isinstance(result, tuple)
+    and len(result) == 2
+    and isinstance(result[1], StateUpdate)
+  )
+
+
+def apply_state_update(params, update: StateUpdate):
+  """``params`` with the leaves named in ``update.values`` replaced (cast
+  to the old dtypes, under ``stop_gradient``).
+
+  Raises:
+    KeyError: ``update`` names a leaf that ``params`` lacks.
+  """
+
+  def merge(old, new, path):
+    if isinstance(new, Mapping):
+      if not isinstance(old, Mapping):
+        raise KeyError(f"state update at {path or '/'} is not in params.")
+      out = dict(old)
+      for k, v in new.items():
+        if k not in old:
+          raise KeyError(
+            f"state update names {path}/{k}, which params lack; params "
+            f"there have {sorted(map(str, old))}."
+          )
+        out[k] = merge(old[k], v, f"{path}/{k}")
+      return out
+    return jax.lax.stop_gradient(new).astype(jnp.result_type(old))
+
+  return merge(params, update.values, "")
 
 
 def site_key(key: Array, name: str) -> Array:
@@ -146,8 +232,14 @@ def perturbation_sites(deltas: Mapping[str, Array]) -> Sites:
 
 
 def call_apply(apply: Apply, params, x, sites: Sites, has_aux: bool):
-  """Calls ``apply`` and returns ``(outputs, model_aux)``."""
+  """Calls ``apply`` and returns ``(outputs, model_aux)``.
+
+  A stateful model's ``(outputs, StateUpdate)`` is taken as
+  ``(outputs, model_aux)`` whatever ``has_aux`` says.
+  """
   out = apply(params, x, sites)
+  if _is_stateful(out):
+    return out
   if has_aux:
     if not (isinstance(out, tuple) and len(out) == 2):
       raise ValueError("has_aux=True needs apply to return (outputs, aux).")

@@ -3,10 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 import dropjax
+import dropjax.train
 
 
 class Net(nnx.Module):
@@ -230,3 +232,159 @@ def test_drop_in_for_nnx_dropout_in_each_calling_convention(case):
       assert (ours[1][0] != ours[1][1]).any()  # the stream advanced
   else:
     assert ours[1] is stock[1] and ours[2] == stock[2]
+
+
+# ----------------------------------------------------------------- BatchNorm
+
+
+class BNNet(nnx.Module):
+  """A small CNN with BatchNorm between two dropout sites."""
+
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+    self.drop_in = dropjax.flax.Dropout(0.2, rngs=rngs)
+    self.bn = nnx.BatchNorm(4, momentum=0.5, rngs=rngs)
+    self.drop = dropjax.flax.Dropout(0.3, rngs=rngs)
+    self.fc = nnx.Linear(4 * 6 * 6, 3, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.drop(nnx.relu(self.bn(self.drop_in(self.conv(x)))))
+    return self.fc(h.reshape(h.shape[0], -1))
+
+
+BN_X = jax.random.normal(jax.random.key(3), (32, 6, 6, 1)) * 2.0 + 1.0
+BN_Y = (BN_X[:, 2, 2, 0] > 1.0).astype(jnp.int32) + (BN_X[:, 0, 0, 0] > 2.0)
+
+
+def _stats(model):
+  return jax.tree.map(
+    np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+  )
+
+
+def _bn_objectives(apply):
+  O = dropjax.objectives
+  return {
+    "none": O.none(apply),
+    "dropout": O.dropout(apply, rates=0.3),
+    "dropout_k": O.dropout_k(apply, rates=0.3, k=2),
+    "explicit": O.explicit(apply, rates=0.3),
+    "explicit_implicit": O.explicit_implicit(apply, rates=0.3),
+    "targeted_weight": O.targeted_weight(apply, gamma=0.5, alpha=0.5),
+  }
+
+
+def test_batchnorm_model_trains_under_every_regimen_and_is_not_mutated():
+  model = BNNet(nnx.Rngs(0))
+  before = _stats(model)
+  apply, params = dropjax.flax.functional(model)
+  assert sorted(params["bn"]) == ["bias", "mean", "scale", "var"]
+  for name, obj in _bn_objectives(apply).items():
+    result = dropjax.train.train(
+      apply,
+      obj,
+      dropjax.train.make_optimizer("adam", 1e-2),
+      jax.tree.map(lambda a: a[None], params),
+      (BN_X, BN_Y),
+      steps=6,
+      batch_size=8,
+      chunk_size=3,
+      eval_data={"train": (BN_X, BN_Y)},
+      devices=1,
+      progress=False,
+    )
+    trained = jax.tree.map(lambda a: a[0], result.state.params)
+    # The running statistics moved: the step wrote the forward pass's update.
+    assert not np.allclose(trained["bn"]["mean"], 0.0), name
+    assert not np.allclose(trained["bn"]["var"], 1.0), name
+    # Evaluation ran in inference mode: it equals the stock module, given the
+    # trained variables and put in eval mode.
+    stock = BNNet(nnx.Rngs(0))
+    state = nnx.state(stock, nnx.Any(nnx.Param, nnx.BatchStat))
+    nnx.replace_by_pure_dict(state, trained)
+    nnx.update(stock, state)
+    stock.eval()
+    loss = dropjax.losses.mean_loss("softmax_cross_entropy", stock(BN_X), BN_Y)
+    got = result.history[-1]["eval"]["train"]["loss"][0]
+    np.testing.assert_allclose(got, float(loss), rtol=1e-5, err_msg=name)
+  # Neither functional() nor training touched the original model.
+  jax.tree.map(np.testing.assert_array_equal, _stats(model), before)
+  apply(params, BN_X, dropjax.identity_sites)  # eager call, training mode
+  jax.jit(apply, static_argnums=2)(params, BN_X, dropjax.identity_sites)
+  jax.tree.map(np.testing.assert_array_equal, _stats(model), before)
+
+
+def test_batchnorm_update_comes_from_the_documented_pass():
+  model = BNNet(nnx.Rngs(1))
+  apply, params = dropjax.flax.functional(model)
+  objs = _bn_objectives(apply)
+  key = jax.random.key(5)
+  batch = (BN_X, BN_Y)
+
+  def update_of(name):
+    return objs[name](params, batch, key)[1]["model_aux"].values
+
+  def update_under(sites):
+    return apply(params, BN_X, sites)[1].values
+
+  clean = update_under(dropjax.identity_sites)
+  for name in ("none", "explicit", "explicit_implicit"):
+    jax.tree.map(np.testing.assert_array_equal, update_of(name), clean)
+  # dropout: the masked pass (the objective's mask key is split(key)[0]).
+  mask_key = jax.random.split(jax.random.split(key)[0], 1)[0]
+  masked = update_under(dropjax.dropout_sites(mask_key, 0.3))
+  jax.tree.map(np.testing.assert_array_equal, update_of("dropout"), masked)
+  # The site drop_in feeds BatchNorm, so the two passes differ.
+  assert not np.allclose(masked["bn"]["var"], clean["bn"]["var"])
+  # Inference mode updates nothing.
+  same = apply(params, BN_X, dropjax.sites.inference_sites)[1].values
+  jax.tree.map(np.testing.assert_array_equal, same, _take_stats(params))
+
+
+def _take_stats(params):
+  return {"bn": {"mean": params["bn"]["mean"], "var": params["bn"]["var"]}}
+
+
+def test_state_update_names_only_existing_leaves():
+  params = {"bn": {"mean": jnp.zeros(2), "scale": jnp.ones(2)}}
+  new = dropjax.sites.apply_state_update(
+    params, dropjax.sites.StateUpdate({"bn": {"mean": jnp.ones(2)}})
+  )
+  np.testing.assert_array_equal(new["bn"]["mean"], 1.0)
+  assert new["bn"]["scale"] is params["bn"]["scale"]
+  with pytest.raises(KeyError, match="bn/var"):
+    dropjax.sites.apply_state_update(
+      params, dropjax.sites.StateUpdate({"bn": {"var": jnp.ones(2)}})
+    )
+
+
+def test_batchnorm_step_equals_stock_flax_training_step():
+  """One SGD step through the engine equals NNX's own training step with
+  the model in train mode (parameters and running statistics)."""
+  model = BNNet(nnx.Rngs(2))
+  model.drop.rate = model.drop_in.rate = 0.0  # stock = `none` exactly
+  apply, params = dropjax.flax.functional(model)
+  opt = optax.sgd(0.1)
+  step = jax.jit(
+    dropjax.train.make_train_step(dropjax.objectives.none(apply), opt)
+  )
+  state, _ = step(
+    dropjax.train.init_state(params, opt), (BN_X, BN_Y), jax.random.key(0)
+  )
+
+  stock = BNNet(nnx.Rngs(2))
+  stock.drop.rate = stock.drop_in.rate = 0.0
+  optimizer = nnx.Optimizer(stock, opt, wrt=nnx.Param)
+
+  def loss_fn(m):
+    return dropjax.losses.mean_loss("softmax_cross_entropy", m(BN_X), BN_Y)
+
+  grads = nnx.grad(loss_fn)(stock)
+  optimizer.update(stock, grads)
+  want = nnx.to_pure_dict(nnx.state(stock, nnx.Any(nnx.Param, nnx.BatchStat)))
+  want = jax.tree.map(np.asarray, want)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    state.params,
+    want,
+  )

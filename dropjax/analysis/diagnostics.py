@@ -109,7 +109,9 @@ def _mc_losses(
 
   def one(k):
     sites = _sites.dropout_sites(k, rates, noise=noise)
-    return _losses.mean_loss(loss, apply(params, x, sites), y)
+    return _losses.mean_loss(
+      loss, _sites.outputs_of(apply(params, x, sites)), y
+    )
 
   keys = jax.random.split(key, num_masks)
   return jax.lax.map(one, keys, batch_size=chunk)
@@ -176,7 +178,9 @@ def dropout_gap(
 
 def _clean_loss(apply, params, x, y, loss) -> float:
   return float(
-    _losses.mean_loss(loss, apply(params, x, _sites.identity_sites), y)
+    _losses.mean_loss(
+      loss, _sites.outputs_of(apply(params, x, _sites.identity_sites)), y
+    )
   )
 
 
@@ -360,7 +364,7 @@ def _noise_moments(
   flat0, unravel = ravel_pytree(params)
 
   def data_loss(p, sites):
-    return _losses.mean_loss(loss, apply(p, x, sites), y)
+    return _losses.mean_loss(loss, _sites.outputs_of(apply(p, x, sites)), y)
 
   g_clean = ravel_pytree(
     jax.grad(lambda p: data_loss(p, _sites.identity_sites))(params)

@@ -61,7 +61,7 @@ def stacked_eval_fn(
   def sums(params, xb, yb, mask):
     if preprocess is not None:
       xb, yb = preprocess(xb, yb)
-    out = apply(params, xb, _sites.identity_sites)
+    out = _sites.outputs_of(apply(params, xb, _sites.inference_sites))
     per = _losses.per_position_loss(loss, out, yb).astype(jnp.float32)
     positions["P"] = math.prod(per.shape[1:])
     m = mask.reshape(mask.shape + (1,) * (per.ndim - 1)).astype(jnp.float32)

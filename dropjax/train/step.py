@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dropjax import sites as _sites
+
 Array = jax.Array
 Objective = Callable[[Any, tuple, Array], tuple[Array, dict]]
 Batch = tuple[Any, Any]
@@ -48,7 +50,9 @@ def make_train_step(
   Returns:
     ``step(state, batch, key) -> (state, metrics)``: differentiates the
     objective at ``state.params`` with ``key``, applies the optimizer and
-    increments ``state.step``. ``metrics`` is a dict of float scalars:
+    increments ``state.step``. A stateful model's new statistics (the
+    objective's ``aux["model_aux"]``, a :class:`dropjax.sites.StateUpdate`)
+    then replace those leaves of the parameters. ``metrics`` is a dict of float scalars:
     ``loss`` (the total objective), every scalar entry of ``aux``
     (``data_loss``, ``explicit``, ``implicit``, ``penalty``; non-scalar
     entries such as ``model_aux`` are dropped) and ``grad_norm`` (global L2
@@ -90,6 +94,9 @@ def make_train_step_with_aux(
     (loss, aux), grads = grad_fn(state.params, batch, key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    model_aux = aux.get("model_aux")
+    if isinstance(model_aux, _sites.StateUpdate):
+      params = _sites.apply_state_update(params, model_aux)
     metrics = {"loss": loss}
     for k, v in aux.items():
       if k != "model_aux" and jnp.ndim(v) == 0:
@@ -98,7 +105,7 @@ def make_train_step_with_aux(
     return (
       TrainState(params, opt_state, state.step + 1),
       metrics,
-      aux.get("model_aux"),
+      model_aux,
     )
 
   return step
