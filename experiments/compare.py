@@ -116,41 +116,10 @@ def load_setting(config, setting: str) -> djdata.ImageDataset:
 
 
 def load_checked(config, setting: str) -> djdata.ImageDataset:
-  """:func:`load_setting` then :func:`check_dataset`."""
+  """:func:`load_setting` then :func:`harness.check_dataset`."""
   ds = load_setting(config, setting)
-  check_dataset(config, ds)
+  harness.check_dataset(config, ds)
   return ds
-
-
-def check_dataset(config, ds: djdata.ImageDataset) -> None:
-  """Inputs of the model's size and labels in ``[0, K)``, before training.
-
-  Raises:
-    ValueError: naming the split and the config key to change.
-  """
-  n_in = int(np.prod(ds.train.images.shape[1:]))
-  if n_in != int(config.model.layer_sizes[0]):
-    raise ValueError(
-      f"the images of {config.data.source!r} have shape "
-      f"{tuple(ds.train.images.shape[1:])} ({n_in} inputs) but the model "
-      f"takes {config.model.layer_sizes[0]}: set the first entry of "
-      "--config.model.layer_sizes to match."
-    )
-  k = int(config.model.layer_sizes[-1])
-  for split, labels in (
-    ("training", ds.train.labels),
-    ("validation", ds.validation.labels),
-    ("test", ds.test.labels),
-  ):
-    try:
-      dropjax.losses.check_labels(
-        labels, k, what=f"the {split} labels of {config.data.source!r}"
-      )
-    except ValueError as e:
-      raise ValueError(
-        f"{e} Fix the data, or the model's output size (the last entry "
-        "of --config.model.layer_sizes)."
-      ) from None
 
 
 def schedule(config, steps: int) -> optax.Schedule:

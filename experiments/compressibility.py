@@ -59,7 +59,6 @@ import jax.numpy as jnp
 
 from dropjax import analysis as an
 from dropjax import data as djdata
-from dropjax import losses as djlosses
 from dropjax import models
 from dropjax import objectives
 from dropjax import train as djtrain
@@ -293,17 +292,16 @@ class Study:
     return out
 
   # ---- run
-  def run(self) -> dict:
-    cfg = self.config
-    t_start = time.time()
-    os.makedirs(self.workdir, exist_ok=True)
-    _check_config(self.workdir, cfg.to_dict())
-    prev = {}
-    rpath = os.path.join(self.workdir, RESULTS_FILE)
-    if os.path.exists(rpath):
-      with open(rpath) as f:
-        prev = json.load(f)
+  def prepare(self) -> None:
+    """Loads and checks the data, builds the model, optimizer and pruning
+    schedule: everything that can fail on a bad config, before anything is
+    written.
 
+    Raises:
+      ValueError, KeyError, dropjax.data.DataError: naming the config key
+        or the data to change.
+    """
+    cfg = self.config
     ds = djdata.load_dataset(
       cfg.data.source,
       data_dir=cfg.data.data_dir or None,
@@ -311,21 +309,11 @@ class Study:
       train_size=int(cfg.data.train_size) or None,
       seed=int(cfg.data.split_seed),
     )
+    harness.check_dataset(cfg, ds)
+    self.dataset = ds
     self.train_data = (ds.train.images, ds.train.labels)
     self.provenance = getattr(ds, "provenance", "")
     layer_sizes = tuple(int(s) for s in cfg.model.layer_sizes)
-    for split in ("train", "test"):
-      try:
-        djlosses.check_labels(
-          getattr(ds, split).labels,
-          layer_sizes[-1],
-          what=f"the {split} labels of {cfg.data.source!r}",
-        )
-      except ValueError as e:
-        raise ValueError(
-          f"{e} Fix the data, or the model's output size (the last entry "
-          "of --config.model.layer_sizes)."
-        ) from None
     self.apply, _, site_rates = models.make_model(
       "mlp", layer_sizes=layer_sizes
     )
@@ -334,8 +322,12 @@ class Study:
     self.optimizer = djtrain.make_optimizer(
       cfg.optimizer, float(cfg.learning_rate)
     )
-    self.measurer = Measurer(self.apply, (ds.test.images, ds.test.labels), cfg)
     n = len(ds.train)
+    if int(cfg.batch_size) > n:
+      raise ValueError(
+        f"batch_size {cfg.batch_size} is larger than the {n} training "
+        "examples (--config.batch_size, --config.data.train_size)."
+      )
     self.steps_per_epoch = n // int(cfg.batch_size)
     self.steps1 = int(cfg.epochs) * self.steps_per_epoch
     self.steps2 = int(cfg.prune_epochs) * self.steps_per_epoch
@@ -350,10 +342,25 @@ class Study:
       frequency=int(cfg.pruning.frequency),
     )
     self.mask_fn = an.layerwise_magnitude_masks
+
+  def run(self) -> dict:
+    cfg = self.config
+    t_start = time.time()
+    with harness.config_errors():
+      self.prepare()
+    os.makedirs(self.workdir, exist_ok=True)
+    _check_config(self.workdir, cfg.to_dict())
+    prev = {}
+    rpath = os.path.join(self.workdir, RESULTS_FILE)
+    if os.path.exists(rpath):
+      with open(rpath) as f:
+        prev = json.load(f)
+    ds = self.dataset
+    self.measurer = Measurer(self.apply, (ds.test.images, ds.test.labels), cfg)
     _log(
       f"data: {len(ds.train)} train / {len(ds.test)} test; "
       f"{self.steps1} + {self.steps2} steps per run; pruning to "
-      f"{self.schedule.final} at step {end}."
+      f"{self.schedule.final} at step {self.schedule.end_step}."
     )
 
     for cond in self.conditions:
@@ -640,7 +647,9 @@ def run(config, workdir: str) -> dict:
   Returns:
     The results dict written to ``workdir/results.json``.
   """
-  return Study(config, workdir).run()
+  with harness.config_errors():
+    study = Study(config, workdir)
+  return study.run()
 
 
 # ---------------------------------------------------------------------------

@@ -25,11 +25,13 @@ import fcntl
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import tempfile
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from dropjax.losses import check_labels
 from dropjax.train import files as _files
 
 CONFIG_FILE = "config.json"
@@ -62,18 +64,52 @@ class ConfigError(ValueError):
 
 @contextlib.contextmanager
 def config_errors() -> Iterator[None]:
-  """Turns the ``ValueError``, ``KeyError`` and ``dropjax.data.DataError``
-  raised inside into :class:`ConfigError` (same message, the original as
-  ``__cause__``). Wrap an experiment's checks that run before training."""
+  """Turns the ``ValueError``, ``KeyError``, ``FileNotFoundError`` and
+  ``dropjax.data.DataError`` raised inside into :class:`ConfigError` (same
+  message, the original as ``__cause__``). Wrap an experiment's checks that
+  run before training."""
   from dropjax.data import DataError
 
   try:
     yield
   except ConfigError:
     raise
-  except (ValueError, KeyError, DataError) as e:
+  except (ValueError, KeyError, FileNotFoundError, DataError) as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     raise ConfigError(msg) from e
+
+
+def check_dataset(config, ds) -> None:
+  """Inputs of the model's size and labels in ``[0, K)``, before training,
+  for an image data set (:class:`dropjax.data.ImageDataset`) and an MLP
+  config (``config.model.layer_sizes``, ``config.data.source``).
+
+  Raises:
+    ValueError: naming the split and the config key to change.
+  """
+  n_in = math.prod(ds.train.images.shape[1:])
+  if n_in != int(config.model.layer_sizes[0]):
+    raise ValueError(
+      f"the images of {config.data.source!r} have shape "
+      f"{tuple(ds.train.images.shape[1:])} ({n_in} inputs) but the model "
+      f"takes {config.model.layer_sizes[0]}: set the first entry of "
+      "--config.model.layer_sizes to match."
+    )
+  k = int(config.model.layer_sizes[-1])
+  for split, labels in (
+    ("training", ds.train.labels),
+    ("validation", ds.validation.labels),
+    ("test", ds.test.labels),
+  ):
+    try:
+      check_labels(
+        labels, k, what=f"the {split} labels of {config.data.source!r}"
+      )
+    except ValueError as e:
+      raise ValueError(
+        f"{e} Fix the data, or the model's output size (the last entry "
+        "of --config.model.layer_sizes)."
+      ) from None
 
 
 def config_path(name: str) -> str:

@@ -307,21 +307,24 @@ def run_experiment(config, workdir: str, *, log=print) -> dict:
   """Runs (or resumes) the whole experiment; returns the results dict.
 
   Raises:
-    ValueError: an unknown regimen, or ``workdir`` holding results of a
-      different config.
+    harness.ConfigError: an unknown regimen, or a missing or corrupt
+      corpus, before anything is written.
+    harness.ConfigMismatchError: ``workdir`` holds results of a different
+      config.
   """
-  regimens = parse_regimens(config.regimens)
+  t_start = time.perf_counter()
+  with harness.config_errors():  # every check before anything is written
+    regimens = parse_regimens(config.regimens)
+    data = load_data(config)
+    model = build_model(config, data.corpus.vocab_size)
   os.makedirs(workdir, exist_ok=True)
   harness.check_config(workdir, config, VOLATILE_KEYS)
   fp = fingerprint(config)
-  t_start = time.perf_counter()
-  data = load_data(config)
   log(
     f"corpus {data.corpus!r}; train chunks {data.train_inputs.shape}, "
     f"curve {data.curve.num_tokens} tokens, validation "
     f"{data.validation.num_tokens}, test {data.test.num_tokens}"
   )
-  model = build_model(config, data.corpus.vocab_size)
   all_records: list[dict] = []
   errors: dict[str, str] = {}
   prev_wall = 0.0

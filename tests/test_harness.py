@@ -286,3 +286,36 @@ def test_cli_errors_are_one_line_and_leave_no_workdir(tmp_path):
   assert not os.path.exists(w)
   r = _cli("experiments.compare_report", "--workdir", w)
   assert r.returncode != 0 and "results.json" in r.stderr
+
+
+def test_other_experiments_check_their_data_before_writing(tmp_path):
+  """The compressibility study and the language model load and check their
+  data before anything is written, like the main job."""
+  w = str(tmp_path / "w")
+  for module, args, want in (
+    (
+      "compressibility",
+      ("--config.data.source=idx:/nonexistent",),
+      "data directory not found",
+    ),
+    (
+      "compressibility",
+      ("--config.model.layer_sizes=100,32,10",),
+      "set the first entry of --config.model.layer_sizes",
+    ),
+    ("compressibility", ("--config.conditions=control,nope",), "'nope'"),
+    ("language_model", ("--config.corpus=nope",), "unknown text source"),
+    (
+      "language_model",
+      ("--config.corpus=words:/nonexistent",),
+      "word corpus directory '/nonexistent' does not exist",
+    ),
+    ("language_model", ("--config.regimens=dropout_1,nope",), "nope"),
+  ):
+    r = _cli(f"experiments.{module}", "--workdir", w, *args)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"{module}: error: ") and want in r.stderr, (
+      r.stderr
+    )
+    assert not os.path.exists(w), (module, args)
