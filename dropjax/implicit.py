@@ -28,6 +28,13 @@ dropout-noise covariance (DROPOUT_1). Added to DROPOUT_k, ``scale = 1 - 1/k``
 restores DROPOUT_1's noise level (by analogy with the fix-noise update,
 ``drop_fix_noise`` in the same code).
 
+**Locked masks** (``broadcast_axes``, dropjax's own extension): when one
+mask value is shared by a group ``g`` of elements, the linearised noise is
+``ξ ≈ Σ_g eps_g a_g`` with ``a_g = ∇_θ Σ_{j∈g} v_j ∂L̄/∂v_j``, so one sign is
+drawn per group (broadcast over it): ``∇_θ R_imp`` then has covariance
+``scale · q/(1-q) Σ_g a_g a_gᵀ``, the linearised *locked* dropout
+covariance. The default, element-wise, is the paper's.
+
 **Coefficient mapping.** The LSTM code's ``imp_reg*`` is a covariance scale,
 ``imp_reg = scale · q / (1 - q)``; the Transformer code's ``imp_drop`` is a
 standard-deviation scale, ``imp_drop = sqrt(scale · q / (1 - q))``.
@@ -62,12 +69,21 @@ def packed_rademacher(key: Array, shape, dtype) -> Array:
 
 
 def rademacher_signs(
-  key: Array, activations: Mapping[str, Array]
+  key: Array,
+  activations: Mapping[str, Array],
+  broadcast_axes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> dict[str, Array]:
   """Independent ±1 signs for every element of every site (per-site keys,
-  :func:`packed_rademacher`)."""
+  :func:`packed_rademacher`), or for every group of a locked site: size 1
+  along ``broadcast_axes[site]`` (:func:`dropjax.sites.group_shape`), to
+  broadcast over the group."""
+  axes = broadcast_axes or {}
   return {
-    n: packed_rademacher(_sites.site_key(key, n), v.shape, v.dtype)
+    n: packed_rademacher(
+      _sites.site_key(key, n),
+      _sites.group_shape(v.shape, axes.get(n, ())),
+      v.dtype,
+    )
     for n, v in activations.items()
   }
 
@@ -82,6 +98,7 @@ def implicit_from_linearization(
   scale=1.0,
   site_grads: Mapping[str, Array] | None = None,
   signs: Mapping[str, Array] | None = None,
+  broadcast_axes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Array:
   """``R_imp`` from a clean forward pass (see :func:`implicit_regularizer`).
 
@@ -94,7 +111,10 @@ def implicit_from_linearization(
     scale: covariance multiplier.
     site_grads: precomputed ``∂L̄/∂v`` (true labels); computed if ``None``.
     signs: ``{site: ±1 array}`` to use instead of drawing them from ``key``
-      (lets tests enumerate every sign pattern).
+      (lets tests enumerate every sign pattern); broadcast against the
+      site.
+    broadcast_axes: ``{site: axes}`` of locked masks
+      (:func:`dropjax.sites.resolve_broadcast_axes`): one sign per group.
 
   Returns:
     Scalar ``R_imp``.
@@ -103,7 +123,7 @@ def implicit_from_linearization(
   if site_grads is None:
     site_grads = lin.vjp(_losses.loss_cotangent(loss, lin.outputs, y))
   if signs is None:
-    signs = rademacher_signs(key, acts)
+    signs = rademacher_signs(key, acts, broadcast_axes)
   total = 0.0
   for name, v in acts.items():
     c = jnp.sqrt(scale * _sites.noise_variance(rates[name])).astype(v.dtype)
@@ -121,6 +141,7 @@ def implicit_regularizer(
   key: Array,
   loss: str = "softmax_cross_entropy",
   scale=1.0,
+  broadcast_axes: _sites.BroadcastAxes = None,
   has_aux: bool = False,
 ) -> Array:
   r"""The implicit regularizer ``R_imp`` (the paper's ``taylor_fo`` noise).
@@ -141,6 +162,10 @@ def implicit_regularizer(
     key: ``jax.random.key`` for the signs.
     loss: ``"softmax_cross_entropy"`` or ``"squared_error"``.
     scale: covariance multiplier (float or array, ``>= 0``).
+    broadcast_axes: locked masks, with :func:`dropjax.dropout`'s meaning
+      (one tuple of axes for every site, or ``{site: axes}``): one sign per
+      group, so the covariance is that of locked dropout. Default:
+      element-wise.
     has_aux: ``apply`` returns ``(outputs, aux)``.
 
   Returns:
@@ -148,12 +173,16 @@ def implicit_regularizer(
 
   Raises:
     ValueError: unknown loss, a rate outside ``[0, 1)``, a model without
-      sites, mismatched target shape.
-    KeyError: ``rates`` names a site the model does not have.
+      sites, mismatched target shape, an axis out of a site's range.
+    KeyError: ``rates`` or ``broadcast_axes`` names a site the model does
+      not have.
+    TypeError: ``broadcast_axes`` neither a mapping nor a tuple of ints.
   """
   _losses.check_loss(loss)
+  _sites.check_broadcast_axes(broadcast_axes)
   lin = _sites.linearize_sites(apply, params, x, has_aux=has_aux)
   rates = _sites.resolve_rates(rates, lin.activations)
+  axes = _sites.resolve_broadcast_axes(broadcast_axes, lin.activations)
   return implicit_from_linearization(
-    lin, rates, y=y, key=key, loss=loss, scale=scale
+    lin, rates, y=y, key=key, loss=loss, scale=scale, broadcast_axes=axes
   )

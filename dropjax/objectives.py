@@ -131,25 +131,6 @@ def _check_k(k):
     )
 
 
-def _check_broadcast_axes(broadcast_axes) -> tuple[int, ...] | None:
-  """``None`` for a mapping (or ``None``); the axes tuple when one tuple of
-  ints is given for every site.
-
-  Raises:
-    TypeError: anything else, naming the accepted forms.
-  """
-  if broadcast_axes is None or isinstance(broadcast_axes, Mapping):
-    return None
-  if isinstance(broadcast_axes, (tuple, list)) and all(
-    isinstance(a, int) and not isinstance(a, bool) for a in broadcast_axes
-  ):
-    return tuple(broadcast_axes)
-  raise TypeError(
-    "broadcast_axes must be a {site: axes} mapping (e.g. {'emb': (1,)}) or "
-    f"one tuple of axes for every site (e.g. (1,)), got {broadcast_axes!r}."
-  )
-
-
 def dropout_family(
   apply: _sites.Apply,
   *,
@@ -175,7 +156,9 @@ def dropout_family(
     zero-mean with covariance ``(1 - 1/k) Σ_1``, restoring DROPOUT_1's
     covariance ``Σ_1``.
   * ``implicit``: adds ``R_imp`` at the clean point with
-    ``implicit_scale = 1 - 1/k`` by default (``drop_standard+taylor_fo``).
+    ``implicit_scale = 1 - 1/k`` by default (``drop_standard+taylor_fo``);
+    with ``broadcast_axes`` it is the locked form (one sign per group), the
+    noise of the locked masks it tops up.
 
   Args:
     apply: the model.
@@ -209,7 +192,7 @@ def dropout_family(
     implicit_scale = 1.0 - 1.0 / k
   _sites.check_rates(rates)
   _sites.dropout_sites(jax.random.key(0), rates, noise=noise)  # validates noise
-  every_site = _check_broadcast_axes(broadcast_axes)
+  every_site = _sites.check_broadcast_axes(broadcast_axes)
   if noise == "gaussian" and (
     bool(every_site) or any(tuple(a) for a in (broadcast_axes or {}).values())
   ):
@@ -230,16 +213,7 @@ def dropout_family(
         "(with Flax NNX: dropjax.flax.Dropout layers) or use the 'none' "
         "regimen."
       )
-    if every_site is not None:
-      axes = {s: every_site for s in site_rates}
-    else:
-      axes = dict(broadcast_axes or {})
-    unknown = sorted(set(axes) - set(site_rates))
-    if unknown:
-      raise KeyError(
-        f"broadcast_axes names unknown dropout site(s) {unknown}; the "
-        f"model's sites are {list(site_rates)}."
-      )
+    axes = _sites.resolve_broadcast_axes(broadcast_axes, site_rates)
     k_masks, k_imp = jax.random.split(key)
 
     def one(mask_key):
@@ -260,7 +234,13 @@ def dropout_family(
     if implicit:
       lin = _sites.linearize_sites(apply, params, x, has_aux=has_aux)
       r_imp = _implicit.implicit_from_linearization(
-        lin, site_rates, y=y, key=k_imp, loss=loss, scale=implicit_scale
+        lin,
+        site_rates,
+        y=y,
+        key=k_imp,
+        loss=loss,
+        scale=implicit_scale,
+        broadcast_axes=axes,
       )
       extra = r_imp if extra is None else extra + r_imp
     total = data if extra is None else data + extra
@@ -337,6 +317,8 @@ def analytic(
   estimator: str = "sampled_label",
   explicit_scale=1.0,
   implicit_scale=1.0,
+  num_samples: int = 1,
+  broadcast_axes: _sites.BroadcastAxes = None,
   loss: str = "softmax_cross_entropy",
   has_aux: bool = False,
 ) -> Objective:
@@ -354,25 +336,36 @@ def analytic(
       (:func:`dropjax.explicit.explicit_regularizer`).
     use_implicit: include ``R_imp``
       (:func:`dropjax.implicit.implicit_regularizer`).
-    estimator: the explicit estimator.
+    estimator: the explicit estimator (:data:`dropjax.explicit.ESTIMATORS`).
     explicit_scale: multiplier on the Taylor-faithful ``R_exp``.
     implicit_scale: covariance multiplier of ``R_imp``.
+    num_samples: draws averaged by a stochastic explicit estimator.
+    broadcast_axes: locked masks (one tuple of axes for every site, or
+      ``{site: axes}``), with :func:`dropjax.dropout`'s meaning: ``R_exp``
+      and ``R_imp`` are then those of the shared mask (cross terms inside
+      each group, one sign per group). Default: element-wise, as in the
+      paper's code.
     loss: loss name.
     has_aux: ``apply`` returns ``(outputs, aux)``.
 
   Raises:
-    ValueError: unknown estimator or loss, bad rate. KeyError (when called):
-      a rate for a site the model does not have.
+    ValueError: unknown estimator or loss, bad rate or ``num_samples``.
+    TypeError: ``broadcast_axes`` neither a mapping nor a tuple of ints.
+    KeyError (when called): a rate or ``broadcast_axes`` entry for a site
+      the model does not have.
   """
   _explicit.check_estimator(estimator)
+  _explicit.check_num_samples(num_samples)
   _losses.check_loss(loss)
   _sites.check_rates(rates)
+  _sites.check_broadcast_axes(broadcast_axes)
 
   def objective(params, batch, key):
     x, y = _split_batch(batch)
     k_exp, k_imp = jax.random.split(key)
     lin = _sites.linearize_sites(apply, params, x, has_aux=has_aux)
     site_rates = _sites.resolve_rates(rates, lin.activations)
+    axes = _sites.resolve_broadcast_axes(broadcast_axes, lin.activations)
     data = _losses.mean_loss(loss, lin.outputs, y)
 
     # Site gradients for the true labels (implicit, true_label) and the
@@ -385,7 +378,7 @@ def analytic(
     grads = {}
     if use_implicit or (use_explicit and estimator == "true_label"):
       grads["true"] = lin.vjp(_losses.loss_cotangent(loss, lin.outputs, y))
-    if use_explicit and estimator == "sampled_label":
+    if use_explicit and estimator == "sampled_label" and num_samples == 1:
       y_hat = _losses.sample_targets(loss, k_exp, lin.outputs)
       grads["sampled"] = lin.vjp(
         _losses.loss_cotangent(loss, lin.outputs, y_hat)
@@ -405,6 +398,8 @@ def analytic(
         key=k_exp,
         y=y,
         site_grads=sg,
+        num_samples=num_samples,
+        broadcast_axes=axes,
       )
     if use_implicit:
       r_imp = _implicit.implicit_from_linearization(
@@ -415,6 +410,7 @@ def analytic(
         loss=loss,
         scale=implicit_scale,
         site_grads=grads["true"],
+        broadcast_axes=axes,
       )
     total = data
     for r in (r_exp, r_imp):
@@ -823,16 +819,6 @@ def make_objective(regimen: str, apply: _sites.Apply, **kwargs) -> Objective:
 # ------------------------------------------------------- configs -> objectives
 
 # Per regimen: (keyword argument, config keys read in order, required).
-_RATE_REGIMENS = (
-  "dropout",
-  "gaussian_dropout",
-  "dropout_k",
-  "dropout_k_fix_noise",
-  "dropout_k_implicit",
-  "explicit",
-  "implicit",
-  "explicit_implicit",
-)
 _DROPOUT_FAMILY = (
   "dropout",
   "gaussian_dropout",
@@ -840,6 +826,8 @@ _DROPOUT_FAMILY = (
   "dropout_k_fix_noise",
   "dropout_k_implicit",
 )
+_ANALYTIC = ("explicit", "implicit", "explicit_implicit")
+_RATE_REGIMENS = _DROPOUT_FAMILY + _ANALYTIC
 _CONFIG_KEYS: dict[str, tuple[tuple[str, tuple[str, ...], bool], ...]] = {
   "none": (),
   "dropout": (("noise", ("noise",), False),),
@@ -854,12 +842,14 @@ _CONFIG_KEYS: dict[str, tuple[tuple[str, tuple[str, ...], bool], ...]] = {
   "explicit": (
     ("estimator", ("estimator",), False),
     ("scale", ("explicit_scale",), False),
+    ("num_samples", ("num_samples",), False),
   ),
   "implicit": (("scale", ("implicit_scale",), False),),
   "explicit_implicit": (
     ("estimator", ("estimator",), False),
     ("explicit_scale", ("explicit_scale",), False),
     ("implicit_scale", ("implicit_scale",), False),
+    ("num_samples", ("num_samples",), False),
   ),
   "targeted_weight": (("gamma", ("gamma",), True), ("alpha", ("alpha",), True)),
   "targeted_unit": (("gamma", ("gamma",), True), ("alpha", ("alpha",), True)),
@@ -884,6 +874,7 @@ def from_config(
   *,
   rates: _sites.Rates | None = None,
   broadcast_axes: Mapping[str, Sequence[int]] | None = None,
+  lock_analytic: bool = False,
   has_aux: bool = False,
   **overrides,
 ) -> Objective:
@@ -901,10 +892,11 @@ def from_config(
   dropout_k, ..._fix_noise  ``k*``, ``noise``
   dropout_k_implicit        ``k*``, ``dropout_k_implicit_scale`` (``None``:
                             ``1 - 1/k``), ``noise``
-  explicit                  ``estimator``, ``explicit_scale``
+  explicit                  ``estimator``, ``explicit_scale``,
+                            ``num_samples``
   implicit                  ``implicit_scale``
   explicit_implicit         ``estimator``, ``explicit_scale``,
-                            ``implicit_scale``
+                            ``implicit_scale``, ``num_samples``
   targeted_weight / _unit   ``gamma*``, ``alpha*``
   l1 / l2                   ``l1*`` / ``l2*`` (or ``coef``)
   ========================  ============================================
@@ -920,7 +912,11 @@ def from_config(
     rates: drop rates ``q`` (a float or ``{site: q}``), needed by the
       dropout-like and analytic regimens.
     broadcast_axes: ``{site: axes}`` shared-mask axes (locked dropout),
-      passed to the dropout family only.
+      passed to the dropout family, and to the analytic regimens when
+      ``lock_analytic``.
+    lock_analytic: the analytic regimens' regularizers treat the
+      ``broadcast_axes`` sites as locked (otherwise element-wise, as the
+      paper's code does).
     has_aux: see :func:`none`.
     **overrides: values that take precedence over the config, by config
       key (e.g. ``k=8`` when the regimen name carries ``k``).
@@ -953,7 +949,9 @@ def from_config(
     if rates is None:
       raise ValueError(f"regimen {regimen!r} needs drop rates (rates=).")
     kwargs["rates"] = rates
-  if regimen in _DROPOUT_FAMILY and broadcast_axes is not None:
+  if broadcast_axes is not None and (
+    regimen in _DROPOUT_FAMILY or (lock_analytic and regimen in _ANALYTIC)
+  ):
     kwargs["broadcast_axes"] = broadcast_axes
 
   def lookup(key):

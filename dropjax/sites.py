@@ -328,6 +328,87 @@ def resolve_rates(rates: Rates, site_names: Sequence[str]) -> dict[str, Any]:
   return out
 
 
+BroadcastAxes = Union[Mapping[str, Sequence[int]], Sequence[int], None]
+"""Locked masks: ``{site: axes}``, or one tuple of axes for every site."""
+
+
+def check_broadcast_axes(
+  broadcast_axes: BroadcastAxes,
+) -> tuple[int, ...] | None:
+  """The axes tuple when one tuple of ints is given for every site;
+  ``None`` for a mapping (or ``None``).
+
+  Raises:
+    TypeError: anything else, naming the accepted forms.
+  """
+  if broadcast_axes is None or isinstance(broadcast_axes, Mapping):
+    return None
+  if isinstance(broadcast_axes, (tuple, list)) and all(
+    isinstance(a, int) and not isinstance(a, bool) for a in broadcast_axes
+  ):
+    return tuple(broadcast_axes)
+  raise TypeError(
+    "broadcast_axes must be a {site: axes} mapping (e.g. {'emb': (1,)}) or "
+    f"one tuple of axes for every site (e.g. (1,)), got {broadcast_axes!r}."
+  )
+
+
+def resolve_broadcast_axes(
+  broadcast_axes: BroadcastAxes, site_names: Sequence[str]
+) -> dict[str, tuple[int, ...]]:
+  """Expands ``broadcast_axes`` to ``{site: axes}`` over the model's sites.
+
+  Args:
+    broadcast_axes: ``{site: axes}`` (absent sites: ``()``, element-wise),
+      one tuple of axes for every site, or ``None`` (element-wise
+      everywhere). The axes have :func:`dropjax.dropout`'s meaning: one mask
+      value is shared along them.
+    site_names: the model's sites.
+
+  Returns:
+    ``{site: axes}`` for every site, axes as given (checked against each
+    site's rank where they are used).
+
+  Raises:
+    TypeError: ``broadcast_axes`` of another type.
+    KeyError: a mapping naming a site the model does not have.
+  """
+  every = check_broadcast_axes(broadcast_axes)
+  site_names = list(site_names)
+  if every is not None:
+    return {n: every for n in site_names}
+  axes = {k: tuple(v) for k, v in (broadcast_axes or {}).items()}
+  unknown = sorted(set(axes) - set(site_names))
+  if unknown:
+    raise KeyError(
+      f"broadcast_axes names unknown dropout site(s) {unknown}; the "
+      f"model's sites are {site_names}."
+    )
+  return {n: axes.get(n, ()) for n in site_names}
+
+
+def group_sum(x: Array, axes: Sequence[int]) -> Array:
+  """``x`` summed over ``axes`` (kept as size 1): the sum over each group of
+  elements that share one locked mask value. ``axes = ()`` returns ``x``.
+
+  Raises:
+    ValueError: an axis out of range for ``x``'s rank.
+  """
+  if not axes:
+    return x
+  return jnp.sum(x, axis=_dropout._normalise_axes(axes, x.ndim), keepdims=True)
+
+
+def group_shape(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, ...]:
+  """``shape`` with size 1 along ``axes``: one entry per mask group.
+
+  Raises:
+    ValueError: an axis out of range for the rank.
+  """
+  shared = _dropout._normalise_axes(axes, len(shape))
+  return tuple(1 if i in shared else d for i, d in enumerate(shape))
+
+
 def noise_variance(rate) -> Array:
   """``q / (1 - q)``: variance of the multiplicative dropout noise."""
   rate = jnp.asarray(rate)

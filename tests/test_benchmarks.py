@@ -453,3 +453,26 @@ def test_step_breakdown_micro(tmp_path):
   assert (
     parts["step: dropout"]["flops"] > parts["gradient, clean loss"]["flops"]
   )
+
+
+def test_estimator_variance_micro(tmp_path):
+  """The variance benchmark on tiny models: every row present, and the two
+  Gauss–Newton estimators' means within 4 Monte Carlo standard errors of the
+  exact term."""
+  from benchmarks import estimator_variance
+
+  results = estimator_variance.main(
+    ["--small", "--draws", "48", "--out", str(tmp_path)]
+  )
+  assert (tmp_path / "estimator_variance.md").exists()
+  saved = json.loads((tmp_path / "estimator_variance.json").read_text())
+  assert len(saved["results"]) == len(results) == 2
+  for r in results:
+    rows = {row["estimator"]: row for row in r["rows"]}
+    assert set(rows) == set(estimator_variance.ESTIMATORS)
+    for est in ("sampled_label", "curvature_propagation"):
+      row = rows[est]
+      assert abs(row["mean_over_gn"] - 1) < 4 * row["mc_error_of_mean_over_gn"]
+      assert row["relative_sd"] > 0 and row["grad_relative_variance"] > 0
+    assert rows["identity_hessian_per_site"]["passes"] == len(r["sites"])
+  assert "locked_over_elementwise" in results[1]

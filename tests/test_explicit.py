@@ -292,3 +292,139 @@ def test_squared_error_sampled_targets_estimate_gauss_newton():
   )
   se = jnp.std(vals) / np.sqrt(vals.size)
   assert abs(float(jnp.mean(vals) - gn)) < 4 * float(se)
+
+
+# --- estimators: curvature propagation, num_samples, per-site identity -----
+
+
+def _mlp_lin(seed=30, batch=1):
+  from _helpers import init, mlp
+
+  params = init(jax.random.key(seed))
+  x = jax.random.normal(jax.random.key(seed + 1), (batch, 4))
+  lin = S.linearize_sites(mlp, params, x)
+  return lin, S.resolve_rates({"h1": 0.3, "h2": 0.5}, lin.activations)
+
+
+def test_curvature_propagation_is_unbiased_over_every_sign_pattern():
+  """E_r of N Σ c (v ⊙ w)², w the VJP of (1/N) F r, over all 2**(NK) sign
+  vectors r, equals the exact Gauss–Newton term (two sites, element-wise);
+  the keyed estimator and its per-site terms are one of those draws."""
+  lin, rates = _mlp_lin(batch=2)  # N = 2, K = 3: 64 sign vectors
+  factors = L.hessian_factors("softmax_cross_entropy", lin.outputs)
+  n = 2
+  signs = 2 * all_masks(lin.outputs.shape) - 1
+
+  def estimate(r):
+    g = lin.vjp(jnp.einsum("...c,...ck->...k", r, factors) / n)
+    return n * ex.weighted_squares(
+      lin.activations,
+      g,
+      {k: ex.taylor_coefficient(q) for k, q in rates.items()},
+    )
+
+  values = jax.vmap(estimate)(signs)
+  gn = ex.explicit_from_linearization(lin, rates, estimator="gauss_newton")
+  assert abs(float(jnp.mean(values) - gn)) < 1e-12
+  key = jax.random.key(4)
+  got = ex.explicit_from_linearization(
+    lin, rates, estimator="curvature_propagation", key=key
+  )
+  assert float(jnp.min(jnp.abs(values - got))) < 1e-12
+  terms = ex.explicit_terms(
+    lin, rates, estimator="curvature_propagation", key=key
+  )
+  np.testing.assert_allclose(sum(terms.values()), got, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+  "estimator",
+  [
+    "sampled_label",
+    "curvature_propagation",
+    "identity_hessian",
+    "identity_hessian_per_site",
+  ],
+)
+def test_num_samples_is_the_mean_of_independent_draws(estimator):
+  """num_samples = S equals the mean of S single draws at split(key, S)."""
+  lin, rates = _mlp_lin(batch=3)
+  key = jax.random.key(8)
+
+  def draw(k, s=1):
+    return ex.explicit_from_linearization(
+      lin, rates, estimator=estimator, key=k, num_samples=s
+    )
+
+  singles = jnp.stack([draw(k) for k in jax.random.split(key, 5)])
+  np.testing.assert_allclose(draw(key, 5), jnp.mean(singles), rtol=1e-12)
+  assert float(jnp.std(singles)) > 0  # the draws do differ
+  with pytest.raises(ValueError, match="num_samples"):
+    draw(key, 0)
+
+
+def test_num_samples_in_the_objective_and_bad_values():
+  from _helpers import BATCH, PARAMS, mlp
+
+  obj = dropjax.objectives.explicit(mlp, rates=0.3, num_samples=4)
+  _, aux = obj(PARAMS, BATCH, jax.random.key(0))
+  lin = S.linearize_sites(mlp, PARAMS, BATCH[0])
+  want = ex.explicit_from_linearization(
+    lin,
+    S.resolve_rates(0.3, lin.activations),
+    key=jax.random.split(jax.random.key(0))[0],
+    num_samples=4,
+  )
+  np.testing.assert_allclose(aux["explicit"], want, rtol=1e-12)
+  for bad in (0, 1.5, True):
+    with pytest.raises(ValueError, match="num_samples must be an int >= 1"):
+      dropjax.objectives.explicit(mlp, rates=0.3, num_samples=bad)
+
+
+def test_identity_hessian_per_site_has_the_joint_mean_and_less_variance():
+  """Over every sign pattern of two sites (2**11): the joint JVP and one JVP
+  per site have the same mean, and the per-site form's variance is lower
+  (the joint form adds the zero-mean cross-site products)."""
+  lin, rates = _mlp_lin(batch=1)
+  acts = lin.activations
+  c = {k: ex.taylor_coefficient(q) for k, q in rates.items()}
+  h = 1.0 / 3
+  sizes = {k: v.size for k, v in acts.items()}
+  patterns = 2 * all_masks((sum(sizes.values()),)) - 1
+
+  def tangents(sv):
+    out, i = {}, 0
+    for k, v in acts.items():
+      s = sv[i : i + sizes[k]].reshape(v.shape)
+      out[k] = jnp.sqrt(c[k]) * s * v
+      i += sizes[k]
+    return out
+
+  def joint(sv):
+    return h * jnp.sum(lin.jvp(tangents(sv)) ** 2)
+
+  def per_site(sv):
+    t = tangents(sv)
+    total = 0.0
+    for k in acts:
+      only = {m: a if m == k else jnp.zeros_like(a) for m, a in t.items()}
+      total = total + h * jnp.sum(lin.jvp(only) ** 2)
+    return total
+
+  vj = jax.vmap(joint)(patterns)
+  vp = jax.vmap(per_site)(patterns)
+  assert abs(float(jnp.mean(vj) - jnp.mean(vp))) < 1e-12
+  assert float(jnp.std(vp)) < float(jnp.std(vj))
+  key = jax.random.key(9)
+  for estimator, values in (
+    ("identity_hessian", vj),
+    ("identity_hessian_per_site", vp),
+  ):
+    got = ex.explicit_from_linearization(
+      lin, rates, estimator=estimator, key=key
+    )
+    assert float(jnp.min(jnp.abs(values - got))) < 1e-12, estimator
+  terms = ex.explicit_terms(
+    lin, rates, estimator="identity_hessian_per_site", key=key
+  )
+  assert list(terms) == ["h1", "h2"]

@@ -314,13 +314,15 @@ def label_sequences(shape, k):
   )
 
 
-def sampled_label_expectation(apply, params, x, rates, *, grad=False):
+def sampled_label_expectation(
+  apply, params, x, rates, *, grad=False, broadcast_axes=None
+):
   """E over ŷ ~ model of the sampled-label R_exp (or its gradient)."""
 
   def r_for(p, y_hat):
     lin = S.linearize_sites(apply, p, x, has_aux=True)
     return ex.explicit_from_linearization(
-      lin, rates, estimator="true_label", y=y_hat
+      lin, rates, estimator="true_label", y=y_hat, broadcast_axes=broadcast_axes
     )
 
   logits = apply(params, x, S.identity_sites)[0]
@@ -360,6 +362,34 @@ def test_sampled_label_explicit_is_unbiased_for_gauss_newton(x64):
   assert z.dtype == jnp.float64 and gn.dtype == jnp.float64
   assert float(gn) > 1e-3  # a non-trivial value
   assert abs(float(expect - gn)) < 1e-10, (float(expect), float(gn))
+
+
+def test_locked_sampled_label_explicit_is_unbiased_for_gauss_newton(x64):
+  """With the masks of emb, h0 and out locked over time (the LM's locked
+  dropout), the sampled-label estimator that sums v ⊙ ∂L̃/∂v over time before
+  squaring is unbiased for the locked Gauss–Newton term: every label vector
+  enumerated. The locked term differs from the element-wise one."""
+  apply, params, spec, x = tiny_lstm(2, t=3)  # 3**3 label vectors
+  rates = S.resolve_rates(0.3, S.site_shapes(apply, params, x, has_aux=True))
+  axes = {"emb": (1,), "h0": (1,), "out": (1,)}
+  assert set(axes) < set(rates)  # the DropConnect sites stay element-wise
+  expect = sampled_label_expectation(
+    apply, params, x, rates, broadcast_axes=axes
+  )
+
+  @jax.jit
+  def gn(p):
+    lin = S.linearize_sites(apply, p, x, has_aux=True)
+    return (
+      ex.explicit_from_linearization(
+        lin, rates, estimator="gauss_newton", broadcast_axes=axes
+      ),
+      ex.explicit_from_linearization(lin, rates, estimator="gauss_newton"),
+    )
+
+  locked, elementwise = gn(params)
+  assert abs(float(expect - locked)) < 1e-10, (float(expect), float(locked))
+  assert abs(float(locked / elementwise) - 1) > 0.01
 
 
 def test_sampled_label_gradient_is_gauss_newton_gradient_with_constant_h(x64):
