@@ -88,13 +88,15 @@ LN2 = math.log(2.0)
 
 def make_objective(reg: Regimen, apply, spec, config):
   """The dropjax objective of a regimen (``has_aux=True``: carries state;
-  locked masks at the dropout family's sites, as ``spec`` says)."""
+  locked masks at the dropout family's sites, as ``spec`` says, and at the
+  analytic regimens' sites for the ``_locked`` ones)."""
   return djobj.from_config(
     reg.objective,
     apply,
     config,
     rates=dict(spec.rates),
     broadcast_axes=dict(spec.broadcast_axes),
+    lock_analytic=reg.locked,
     has_aux=True,
     k=reg.k,
   )

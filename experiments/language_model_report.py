@@ -43,11 +43,15 @@ class Regimen:
     objective: the :data:`dropjax.objectives.REGIMENS` key.
     k: masks per step (1 for the non-DROPOUT_k regimens, 0 for ``none`` and
       the analytic ones, which use no mask).
+    locked: an analytic regimen whose regularizers treat the locked sites
+      as locked (``broadcast_axes``; the ``_locked`` suffix), instead of
+      element-wise as the paper's code does.
   """
 
   name: str
   objective: str
   k: int
+  locked: bool = False
 
 
 _DROPOUT_RE = re.compile(r"^dropout_(\d+)(_fix_noise|_implicit)?$")
@@ -62,6 +66,9 @@ def parse_regimen(name: str) -> Regimen:
   name = name.strip()
   if name in ("none", "explicit", "implicit", "explicit_implicit"):
     return Regimen(name, name, 0)
+  base = name.removesuffix("_locked")
+  if base != name and base in ("explicit", "implicit", "explicit_implicit"):
+    return Regimen(name, base, 0, locked=True)
   m = _DROPOUT_RE.match(name)
   if m and int(m.group(1)) >= 1:
     k = int(m.group(1))
@@ -79,7 +86,8 @@ def parse_regimen(name: str) -> Regimen:
   raise ValueError(
     f"unknown regimen {name!r}; valid: none, dropout_K, dropout_K_fix_noise, "
     "dropout_K_implicit (K >= 1, >= 2 for the last two), explicit, implicit, "
-    "explicit_implicit."
+    "explicit_implicit, and the last three with _locked (regularizers of the "
+    "locked masks)."
   )
 
 

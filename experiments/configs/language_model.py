@@ -49,7 +49,7 @@ from ml_collections import config_dict
 ALL_REGIMENS = (
   "none,dropout_1,dropout_2,dropout_4,dropout_8,"
   "dropout_8_fix_noise,dropout_8_implicit,explicit,"
-  "explicit_implicit"
+  "explicit_implicit,explicit_implicit_locked"
 )
 
 
@@ -90,7 +90,8 @@ def _default():
   c.checkpoint_every = 3  # orbax checkpoint every this many calls
   # --- regimens -------------------------------------------------------------
   # Comma-separated: none, dropout_K, dropout_K_fix_noise, dropout_K_implicit,
-  # explicit, implicit, explicit_implicit.
+  # explicit, implicit, explicit_implicit; the last three with _locked treat
+  # the locked sites (emb, h{i}, out) as locked (broadcast_axes).
   c.regimens = ALL_REGIMENS
   c.seeds = (0, 1)
   c.estimator = "sampled_label"  # explicit estimator
@@ -124,7 +125,7 @@ def _smoke() -> ml_collections.ConfigDict:
   # with explicit_implicit and is left out to save a compilation).
   c.regimens = (
     "none,dropout_1,dropout_2,dropout_2_fix_noise,"
-    "dropout_2_implicit,explicit_implicit"
+    "dropout_2_implicit,explicit_implicit,explicit_implicit_locked"
   )
   c.progress = False
   return c
