@@ -13,6 +13,7 @@ from dropjax import flax
 from dropjax import implicit
 from dropjax import losses
 from dropjax import objectives
+from dropjax import schedules
 from dropjax import selection
 from dropjax import sites
 from dropjax import tree
@@ -68,6 +69,7 @@ __all__ = [
   "resolve_rates",
   "selection",
   "site_shapes",
+  "schedules",
   "sites",
   "targeted_unit_candidates",
   "targeted_unit_dropout",

@@ -63,8 +63,13 @@ VOLATILE_KEYS = ("regimens", "settings", "progress")
 
 # Regimens whose strength is a drop rate (tuned as ``rate``); the analytic
 # ones are built at ``config.analytic_rate`` and tuned through their scales.
-RATE_TUNED = ("dropout", "gaussian_dropout")
-ANALYTIC = ("explicit", "implicit", "explicit_implicit")
+RATE_TUNED = ("dropout", "gaussian_dropout", "early_dropout")
+ANALYTIC = (
+  "explicit",
+  "implicit",
+  "explicit_implicit",
+  "early_explicit_implicit",
+)
 HPARAM_KEYS = {
   "none": (),
   "dropout": ("rate",),
@@ -74,6 +79,16 @@ HPARAM_KEYS = {
   "explicit_implicit": ("explicit_scale", "implicit_scale"),
   "l1": ("l1",),
   "l2": ("l2",),
+  "early_dropout": ("rate", "until"),
+  "early_explicit_implicit": ("explicit_scale", "implicit_scale", "until"),
+}
+# Early dropout (Liu et al., ICML 2023, arXiv:2303.01500): the base regimen
+# at its rate for the first ``until`` fraction of the steps, then none
+# (dropjax.schedules.early inside the jitted chunk; the analytic terms follow
+# the same rate).
+SCHEDULED = {
+  "early_dropout": "dropout",
+  "early_explicit_implicit": "explicit_implicit",
 }
 
 
@@ -153,7 +168,14 @@ def check_hparams(regimen: str, hparams: Mapping[str, Any]) -> dict:
       f"regimen {regimen!r} takes the hyperparameters {sorted(want)}, got "
       f"{sorted(have)}: set --config.<setting>.hparams.{regimen}.<key>."
     )
-  return {k: float(v) for k, v in hparams.items()}
+  out = {k: float(v) for k, v in hparams.items()}
+  if "until" in out and not 0.0 <= out["until"] <= 1.0:
+    raise ValueError(
+      f"regimen {regimen!r}: until is the fraction of the steps with "
+      f"dropout, in [0, 1], got {out['until']} (--config.<setting>.hparams."
+      f"{regimen}.until)."
+    )
+  return out
 
 
 def regimen_rates(config, site_names, regimen, hparams) -> dict | None:
@@ -169,14 +191,30 @@ def regimen_rates(config, site_names, regimen, hparams) -> dict | None:
   return {s: rate for s in site_names}
 
 
-def make_objective(config, apply, site_names, regimen, hparams):
-  """The objective of one regimen at one hyperparameter point."""
+def make_objective(config, apply, site_names, regimen, hparams, steps=None):
+  """The objective of one regimen at one hyperparameter point (``steps``:
+  the run's length, needed by the scheduled regimens).
+
+  Raises:
+    ValueError: bad hyperparameters (:func:`check_hparams`).
+  """
   options = {"estimator": config.estimator, **check_hparams(regimen, hparams)}
-  return dropjax.objectives.from_config(
-    regimen,
-    apply,
-    options,
-    rates=regimen_rates(config, site_names, regimen, hparams),
+  rates = regimen_rates(config, site_names, regimen, hparams)
+  if regimen not in SCHEDULED:
+    return dropjax.objectives.from_config(regimen, apply, options, rates=rates)
+  until = options.pop("until")
+  if steps is None:
+    raise ValueError(f"regimen {regimen!r} needs the run's steps.")
+  q = next(iter(rates.values()))
+  base = SCHEDULED[regimen]
+
+  def build(rate):
+    return dropjax.objectives.from_config(
+      base, apply, options, rates={s: rate for s in site_names}
+    )
+
+  return dropjax.schedules.scheduled(
+    build, dropjax.schedules.early(q, int(round(until * steps)))
   )
 
 
@@ -249,7 +287,9 @@ def train_point(
   """
   sc = config[setting]
   steps = int(sc.steps)
-  objective = make_objective(config, model.apply, model.sites, regimen, hparams)
+  objective = make_objective(
+    config, model.apply, model.sites, regimen, hparams, steps=steps
+  )
   optimizer = djtrain.make_optimizer(config.optimizer, schedule(config, steps))
   tr = ds.train
   n_eval = min(int(config.data.train_eval_size), len(tr))

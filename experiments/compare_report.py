@@ -34,6 +34,8 @@ LABELS = {
   "explicit_implicit": "explicit + implicit",
   "l1": "L1",
   "l2": "L2",
+  "early_dropout": "early dropout",
+  "early_explicit_implicit": "early explicit + implicit",
 }
 # (metric key, table name, scale, digits, higher is better)
 METRICS = (
@@ -464,6 +466,10 @@ def findings(results: dict, config) -> list[str]:
       ("explicit", "dropout"),
       ("implicit", "none"),
       ("l2", "none"),
+      ("early_dropout", "none"),
+      ("early_dropout", "dropout"),
+      ("early_explicit_implicit", "early_dropout"),
+      ("early_explicit_implicit", "none"),
     ):
       if a in regimens and b in regimens:
         sent = compare_sentence(records, setting, a, b, k)
@@ -494,16 +500,23 @@ def render_markdown(results: dict, config) -> str:
   records = results["records"]
   k = int(config["model"]["layer_sizes"][-1])
   regimens = list(config["regimens"])
-  out = ["# Dropout vs its analytic replacement, converged and tuned", ""]
+  title = config.get(
+    "title", "Dropout vs its analytic replacement, converged and tuned"
+  )
+  out = [f"# {title}", ""]
   ls = "-".join(str(v) for v in config["model"]["layer_sizes"])
   out.append(
     f"Fashion-MNIST ({config['data']['source']}), MLP {ls}, "
     f"{config['optimizer']} with a {config['warmup_fraction']:.0%} linear "
     f"warm-up and cosine decay to 0 from {config['learning_rate']}, batch "
     f"{config['batch_size']}, seeds {list(config['seeds'])} (the same "
-    "initialisation and data order in every regimen). Hyperparameters were "
-    "tuned on the validation split by `python -m experiments.tune` (other "
-    "seeds); every run keeps its best-validation-"
+    "initialisation and data order in every regimen). "
+    + config.get(
+      "hparams_note",
+      "Hyperparameters were tuned on the validation split by "
+      "`python -m experiments.tune` (other seeds);",
+    )
+    + " every run keeps its best-validation-"
     f"{config['select_metric']} parameters, used for the primary "
     "comparison; the test split is only evaluated after training. "
     f"Analytic regimens at q = {config['analytic_rate']}, estimator "

@@ -291,3 +291,35 @@ def test_compounding_and_the_diagnostics_sentence_follow_the_numbers():
   assert "2.50x the sum of the single-site loss increases" in text
   assert "noises compound" in text
   assert cr.compounding({"diagnostics": []}, "s", "dropout") is None
+
+
+@needs_data
+def test_schedule_experiment_smoke(tmp_path):
+  """The dropout-schedule config (experiments/configs/schedules.py:smoke)
+  runs through the main job: early regimens train with the rate switched off
+  after `until`, and the report has their rows and verdict sentences."""
+  from experiments.configs import schedules as schedule_configs
+
+  config = schedule_configs.get_config("smoke")
+  results = compare.run(config, str(tmp_path))
+  regimens = {r["regimen"] for r in results["records"]}
+  assert regimens == set(schedule_configs.HPARAMS)
+  report = (tmp_path / "report.md").read_text()
+  assert report.startswith("# Early dropout and its analytic replacement")
+  assert "early dropout − dropout:" in report
+  assert "early explicit + implicit − early dropout:" in report
+
+  # The early runs' training loss after the cut-off (no dropout, step 8 of
+  # 40 on) is that of a plain network: below standard dropout's.
+  def last_train_loss(regimen):
+    rs = [r for r in results["records"] if r["regimen"] == regimen]
+    return sum(r["validation_curve"][-1]["train_loss"] for r in rs) / len(rs)
+
+  assert last_train_loss("early_dropout") < last_train_loss("dropout")
+
+
+def test_early_regimens_check_their_cut_off():
+  with pytest.raises(ValueError, match="until is the fraction"):
+    compare.check_hparams("early_dropout", {"rate": 0.5, "until": 1.5})
+  with pytest.raises(ValueError, match=r"\['rate', 'until'\]"):
+    compare.check_hparams("early_dropout", {"rate": 0.5})

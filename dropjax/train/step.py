@@ -44,7 +44,9 @@ def make_train_step(
 
   Args:
     objective: ``(params, batch, key) -> (loss, aux)`` (any of
-      :mod:`dropjax.objectives`).
+      :mod:`dropjax.objectives`), or a :class:`dropjax.schedules.Scheduled`
+      objective, which is given ``step=state.step`` (rates that follow a
+      schedule, with no recompilation).
     optimizer: an optax transformation.
 
   Returns:
@@ -88,10 +90,17 @@ def make_train_step_with_aux(
   """:func:`make_train_step` that also returns the objective's
   ``aux.get("model_aux")`` (e.g. a recurrent model's new carry, ``None``
   when absent): ``step(state, batch, key) -> (state, metrics, model_aux)``."""
-  grad_fn = jax.value_and_grad(objective, has_aux=True)
+  if getattr(objective, "needs_step", False):  # dropjax.schedules.Scheduled
+    grad_fn = jax.value_and_grad(
+      lambda p, b, k, t: objective(p, b, k, step=t), has_aux=True
+    )
+  else:
+    grad_fn = jax.value_and_grad(
+      lambda p, b, k, t: objective(p, b, k), has_aux=True
+    )
 
   def step(state: TrainState, batch: Batch, key: Array):
-    (loss, aux), grads = grad_fn(state.params, batch, key)
+    (loss, aux), grads = grad_fn(state.params, batch, key, state.step)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     model_aux = aux.get("model_aux")
