@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Mapping, Sequence
@@ -90,6 +91,57 @@ SCHEDULED = {
   "early_dropout": "dropout",
   "early_explicit_implicit": "explicit_implicit",
 }
+
+
+# DROPOUT_k (Wei, Kakade & Ma, arXiv:2002.12915, Algorithm 1) and its
+# noise-restoring variants, by name: dropout_K (K masks per step, their
+# gradients averaged), dropout_K_fix_noise and dropout_K_implicit (K >= 2);
+# and the larger-batch control dropout_1_batchM: DROPOUT_1 with M times the
+# batch (M times the examples per step, the same number of steps), which
+# averages minibatch noise as well as mask noise. All take the ``rate``.
+_DROPOUT_K = re.compile(r"^dropout_(\d+)(_fix_noise|_implicit)?$")
+_BATCH_CONTROL = re.compile(r"^dropout_1_batch(\d+)$")
+
+
+def dropout_k_family(regimen: str) -> tuple[str, int, int] | None:
+  """``(objective, k, batch multiplier)`` of a DROPOUT_k-family name
+  (``dropout_8``, ``dropout_8_fix_noise``, ``dropout_1_batch8``, ...), or
+  ``None`` for any other name."""
+  m = _DROPOUT_K.match(regimen)
+  if m and int(m.group(1)) >= 1:
+    k, suffix = int(m.group(1)), m.group(2) or ""
+    if suffix and k < 2:
+      return None
+    objective = {
+      "": "dropout_k",
+      "_fix_noise": "dropout_k_fix_noise",
+      "_implicit": "dropout_k_implicit",
+    }[suffix]
+    return (
+      ("dropout" if objective == "dropout_k" and k == 1 else objective),
+      k,
+      1,
+    )
+  m = _BATCH_CONTROL.match(regimen)
+  if m and int(m.group(1)) >= 1:
+    return "dropout", 1, int(m.group(1))
+  return None
+
+
+def hparam_keys(regimen: str) -> tuple[str, ...] | None:
+  """The hyperparameters a regimen takes, ``None`` for an unknown name."""
+  if regimen in HPARAM_KEYS:
+    return HPARAM_KEYS[regimen]
+  if dropout_k_family(regimen) is not None:
+    return ("rate",)
+  return None
+
+
+def batch_multiplier(regimen: str) -> int:
+  """How many times ``config.batch_size`` the regimen trains on (1 but for
+  the ``dropout_1_batchM`` control)."""
+  family = dropout_k_family(regimen)
+  return family[2] if family else 1
 
 
 def setting_config(config, setting: str):
@@ -156,12 +208,14 @@ def check_hparams(regimen: str, hparams: Mapping[str, Any]) -> dict:
     ValueError: an unknown regimen, or a missing / unexpected key (named,
       with the config path to set).
   """
-  if regimen not in HPARAM_KEYS:
+  keys = hparam_keys(regimen)
+  if keys is None:
     raise ValueError(
       f"unknown regimen {regimen!r} for this job; valid: "
-      f"{', '.join(HPARAM_KEYS)}."
+      f"{', '.join(HPARAM_KEYS)}, dropout_K, dropout_K_fix_noise, "
+      "dropout_K_implicit (K >= 2 for the last two) and dropout_1_batchM."
     )
-  want = set(HPARAM_KEYS[regimen])
+  want = set(keys)
   have = set(hparams)
   if want != have:
     raise ValueError(
@@ -182,7 +236,7 @@ def regimen_rates(config, site_names, regimen, hparams) -> dict | None:
   """``{site: q}`` a regimen trains with (its tuned ``rate``, or
   ``analytic_rate`` for the analytic ones); ``None`` if it drops nothing."""
   hp = check_hparams(regimen, hparams)
-  if regimen in RATE_TUNED:
+  if regimen in RATE_TUNED or dropout_k_family(regimen):
     rate = hp["rate"]
   elif regimen in ANALYTIC:
     rate = float(config.analytic_rate)
@@ -200,6 +254,12 @@ def make_objective(config, apply, site_names, regimen, hparams, steps=None):
   """
   options = {"estimator": config.estimator, **check_hparams(regimen, hparams)}
   rates = regimen_rates(config, site_names, regimen, hparams)
+  family = dropout_k_family(regimen)
+  if family is not None:
+    objective, k, _ = family
+    return dropjax.objectives.from_config(
+      objective, apply, options, rates=rates, k=k
+    )
   if regimen not in SCHEDULED:
     return dropjax.objectives.from_config(regimen, apply, options, rates=rates)
   until = options.pop("until")
@@ -300,7 +360,7 @@ def train_point(
     model.init,
     (tr.images, tr.labels),
     steps=steps,
-    batch_size=int(config.batch_size),
+    batch_size=int(config.batch_size) * batch_multiplier(regimen),
     seeds=tuple(int(s) for s in seeds),
     chunk_size=int(config.chunk_size),
     eval_data={"validation": (ds.validation.images, ds.validation.labels)},
@@ -329,7 +389,7 @@ def train_point(
       ("final", res.state.params),
     )
   }
-  epoch_len = len(tr) / float(config.batch_size)
+  epoch_len = len(tr) / float(config.batch_size * batch_multiplier(regimen))
   records = []
   for i, seed in enumerate(res.seeds):
     curve = [

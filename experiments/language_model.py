@@ -150,14 +150,20 @@ class Data:
   test: djtrain.EvalSet
 
 
-def load_data(config) -> Data:
-  corpus = djtext.load_corpus(config.corpus)
+def train_chunks(config, corpus, batch_size: int):
+  """``(inputs, targets)`` ``[C, batch_size, bptt]`` of the training text
+  (its first ``train_tokens``)."""
   train = corpus.train
   if config.train_tokens:
     train = train[: int(config.train_tokens)]
-  x, y = djtext.bptt_batches(
-    djtext.batchify(train, int(config.batch_size)), int(config.bptt)
+  return djtext.bptt_batches(
+    djtext.batchify(train, int(batch_size)), int(config.bptt)
   )
+
+
+def load_data(config) -> Data:
+  corpus = djtext.load_corpus(config.corpus)
+  x, y = train_chunks(config, corpus, int(config.batch_size))
   limit = lambda n: int(n) if n else None
   eb, et = int(config.eval_batch_size), int(config.eval_bptt)
   return Data(
@@ -216,13 +222,18 @@ def run_regimen(
     clip_norm=float(config.clip_norm) if config.clip_norm else None,
   )
   seeds = tuple(int(s) for s in config.seeds)
+  inputs_targets = (data.train_inputs, data.train_targets)
+  if reg.batch_multiplier > 1:  # the larger-batch control
+    inputs_targets = train_chunks(
+      config, data.corpus, int(config.batch_size) * reg.batch_multiplier
+    )
   t0 = time.perf_counter()
   res = djtrain.train(
     apply,
     objective,
     optimizer,
     init,
-    djtrain.bptt_stream(data.train_inputs, data.train_targets, init_carry),
+    djtrain.bptt_stream(*inputs_targets, init_carry),
     steps=int(config.steps),
     seeds=seeds,
     chunk_size=int(config.chunk_size),

@@ -46,15 +46,20 @@ class Regimen:
     locked: an analytic regimen whose regularizers treat the locked sites
       as locked (``broadcast_axes``; the ``_locked`` suffix), instead of
       element-wise as the paper's code does.
+    batch_multiplier: the larger-batch control ``dropout_1_batchM``:
+      DROPOUT_1 on ``M`` times the streams per step (minibatch noise
+      averaged as well as mask noise), the same number of steps.
   """
 
   name: str
   objective: str
   k: int
   locked: bool = False
+  batch_multiplier: int = 1
 
 
 _DROPOUT_RE = re.compile(r"^dropout_(\d+)(_fix_noise|_implicit)?$")
+_BATCH_RE = re.compile(r"^dropout_1_batch(\d+)$")
 
 
 def parse_regimen(name: str) -> Regimen:
@@ -69,6 +74,9 @@ def parse_regimen(name: str) -> Regimen:
   base = name.removesuffix("_locked")
   if base != name and base in ("explicit", "implicit", "explicit_implicit"):
     return Regimen(name, base, 0, locked=True)
+  m = _BATCH_RE.match(name)
+  if m and int(m.group(1)) >= 1:
+    return Regimen(name, "dropout", 1, batch_multiplier=int(m.group(1)))
   m = _DROPOUT_RE.match(name)
   if m and int(m.group(1)) >= 1:
     k = int(m.group(1))
@@ -87,7 +95,7 @@ def parse_regimen(name: str) -> Regimen:
     f"unknown regimen {name!r}; valid: none, dropout_K, dropout_K_fix_noise, "
     "dropout_K_implicit (K >= 1, >= 2 for the last two), explicit, implicit, "
     "explicit_implicit, and the last three with _locked (regularizers of the "
-    "locked masks)."
+    "locked masks), dropout_1_batchM (DROPOUT_1 on M times the streams)."
   )
 
 

@@ -56,7 +56,7 @@ def grid_points(config, regimen: str) -> list[dict]:
       f"regimen {regimen!r} has no grid: set --config.grid.{regimen}."
     )
   axes = config.grid[regimen].to_dict()
-  want = set(compare.HPARAM_KEYS.get(regimen, ()))
+  want = set(compare.hparam_keys(regimen) or ())
   if set(axes) != want:
     raise ValueError(
       f"the grid of {regimen!r} must have the axes {sorted(want)}, got "

@@ -14,7 +14,9 @@ from experiments import harness
 from experiments import stats
 from experiments.configs import compare as compare_configs
 from experiments.configs import compressibility as cmp_configs
+from experiments.configs import implicit_effect as ie_configs
 from experiments.configs import language_model as lm_configs
+from experiments.configs import schedules as sched_configs
 from experiments.configs import tune as tune_configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,6 +25,7 @@ ENTRY_POINTS = (
   "compare_report",
   "compressibility",
   "compressibility_report",
+  "implicit_effect",
   "language_model",
   "language_model_report",
   "tune",
@@ -52,6 +55,8 @@ def _cli(*args, timeout=300):
     (tune_configs, "default, accel, smoke"),
     (cmp_configs, "default, smoke"),
     (lm_configs, "default, smoke, accel"),
+    (ie_configs, "default, smoke"),
+    (sched_configs, "default, smoke"),
   ],
 )
 def test_unknown_variant_names_the_valid_ones(module, valid):
