@@ -312,6 +312,20 @@ def verdict(cell: dict) -> str:
   recs, model = cell["records"], cell["model"]
   c = {name: contrast(recs, a, b) for name, a, b in CONTRASTS}
   out = []
+  reg = c["DROPOUT_1 − none"]
+  if reg is not None:
+    if _clear(reg, model) and reg.mean < 0:
+      out.append(
+        f"Dropout regularizes here (DROPOUT_1 − none {_fmt(reg, model)}), "
+        "so the cell can show an implicit effect."
+      )
+    else:
+      how = "hurts" if _clear(reg, model) else "has no resolved benefit"
+      out.append(
+        f"Dropout {how} here (DROPOUT_1 − none {_fmt(reg, model)}): not a "
+        "regime where dropout regularizes, so the contrasts below say little "
+        "about the paper's claim."
+      )
   k = c["k: DROPOUT_8 − DROPOUT_1"]
   if k is None:
     out.append("Degradation with k: not testable (no DROPOUT_1 or DROPOUT_8).")

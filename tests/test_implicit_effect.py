@@ -32,15 +32,25 @@ def test_contrasts_are_paired_over_seeds_and_verdicts_follow_them():
         "dropout_8": [11.0, 12.1, 12.9],  # worse by ~1 pp, seed by seed
         "dropout_8_fix_noise": [10.1, 11.0, 12.1],  # repairs it
         "dropout_8_implicit": [11.0, 12.1, 12.9],  # changes nothing
+        "none": [12.0, 13.2, 13.9],  # dropout helps: a regime for the claim
       }
     ),
   }
   d = ie.contrast(cell["records"], "dropout_8", "dropout_1")
   assert d.n == 3 and abs(d.mean - (1.0 + 1.1 + 0.9) / 3) < 1e-12
   text = ie.verdict(cell)
+  assert text.startswith("Dropout regularizes here")
   assert "**DROPOUT_8 is worse than DROPOUT_1**" in text
   assert "Adding fix-noise to DROPOUT_8 makes it better" in text
   assert "Adding the implicit term changes nothing resolved" in text
+  worse = dict(
+    cell,
+    records=[
+      dict(r, metric=r["metric"] - 5.0) if r["regimen"] == "none" else r
+      for r in cell["records"]
+    ],
+  )
+  assert ie.verdict(worse).startswith("Dropout hurts here")
   # An unpaired seed is left out of the contrast.
   recs = cell["records"] + [{"regimen": "dropout_1", "seed": 7, "metric": 0.0}]
   assert ie.contrast(recs, "dropout_8", "dropout_1").n == 3
