@@ -179,14 +179,6 @@ def explicit_targets(
   return _losses.sample_targets(loss, key, outputs)
 
 
-def _label_site_grads(lin, estimator, loss, key, y, site_grads):
-  """``∂L̃/∂v`` of the sampled- or true-label loss (or the given ones)."""
-  if site_grads is not None:
-    return site_grads
-  targets = explicit_targets(estimator, loss, lin.outputs, key=key, y=y)
-  return lin.vjp(_losses.loss_cotangent(loss, lin.outputs, targets))
-
-
 def _coefficients(rates: Mapping[str, Array]) -> dict[str, Array]:
   return {k: taylor_coefficient(q) for k, q in rates.items()}
 
@@ -208,21 +200,22 @@ def curvature_propagation_cotangent(
   return jnp.einsum("...c,...ck->...k", r, factors) / n
 
 
-def _draw_site_grads(lin, estimator, loss, key, y, num_samples):
-  """Site gradients of the estimator's cotangent: ``(grads, stacked)``, the
-  grads with a leading ``[S]`` axis when ``stacked``."""
-  if estimator == "true_label":
-    return _label_site_grads(lin, estimator, loss, key, y, None), False
+def _site_grads(lin, estimator, loss, key, y, num_samples, site_grads):
+  """Site gradients of the estimator's cotangent (or the given
+  ``site_grads``): ``(grads, stacked)``, the grads with a leading ``[S]``
+  axis when ``stacked``."""
+  if site_grads is not None:
+    return site_grads, False
 
   def cotangent(k):
     if estimator == "curvature_propagation":
       return curvature_propagation_cotangent(loss, lin.outputs, k)
-    targets = _losses.sample_targets(loss, k, lin.outputs)
+    targets = explicit_targets(estimator, loss, lin.outputs, key=k, y=y)
     return _losses.loss_cotangent(loss, lin.outputs, targets)
 
-  if key is None:
+  if estimator != "true_label" and key is None:
     raise ValueError(f"estimator={estimator!r} is stochastic and needs a key.")
-  if num_samples == 1:
+  if num_samples == 1 or estimator == "true_label":
     return lin.vjp(cotangent(key)), False
   keys = jax.random.split(key, num_samples)
   return jax.vmap(lambda k: lin.vjp(cotangent(k)))(keys), True
@@ -295,9 +288,8 @@ def _gauss_newton_terms(lin, coefs, loss, axes, hessian_gradient):
       diag = jnp.sum(jnp.square(grads[name]), axis=(0, 1)) / n
       terms[name] = coefs[name] * jnp.sum(jnp.square(v) * diag)
       continue
-    _sites.group_shape(v.shape, ax)  # checks the axes
-    shared = tuple(sorted({a % v.ndim + 2 for a in ax}))
-    vg = jnp.sum(v * grads[name], axis=shared)  # [n, k, groups...]
+    group = lambda g, v=v, ax=ax: _sites.group_sum(v * g, ax)
+    vg = jax.vmap(jax.vmap(group))(grads[name])  # [n, k, groups...]
     terms[name] = coefs[name] * jnp.sum(jnp.square(vg)) / n
   return terms
 
@@ -360,10 +352,9 @@ def explicit_terms(
   if estimator == "identity_hessian_per_site":
     return _identity_hessian(lin, coefs, loss, key, axes, num_samples, True)
   n = _losses.num_positions(lin.outputs)
-  if site_grads is not None:
-    grads, stacked = site_grads, False
-  else:
-    grads, stacked = _draw_site_grads(lin, estimator, loss, key, y, num_samples)
+  grads, stacked = _site_grads(
+    lin, estimator, loss, key, y, num_samples, site_grads
+  )
   return {
     name: n * _mean_squares({name: v}, grads, stacked, coefs, axes)
     for name, v in acts.items()
@@ -413,12 +404,9 @@ def explicit_from_linearization(
     # One weighted sum over every site (the per-site terms of
     # explicit_terms add up to it up to float rounding).
     n = _losses.num_positions(lin.outputs)
-    if site_grads is not None:
-      grads, stacked = site_grads, False
-    else:
-      grads, stacked = _draw_site_grads(
-        lin, estimator, loss, key, y, num_samples
-      )
+    grads, stacked = _site_grads(
+      lin, estimator, loss, key, y, num_samples, site_grads
+    )
     return n * _mean_squares(acts, grads, stacked, coefs, axes)
 
   if estimator == "identity_hessian":
