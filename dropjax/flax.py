@@ -306,25 +306,10 @@ def functional(
   """
   name_sites(model)
   graphdef, trainable, stats, rest = nnx.split(model, wrt, state, ...)
-  trainable_dict = nnx.to_pure_dict(trainable)
   stats_dict = nnx.to_pure_dict(stats)
-  if not stats_dict:
-    params = trainable_dict
+  params = _deep_merge(nnx.to_pure_dict(trainable), stats_dict)
 
-    def apply(params, x, sites: Sites):
-      st = jax.tree.map(lambda a: a, trainable)
-      nnx.replace_by_pure_dict(st, params)
-      module = nnx.merge(graphdef, st, stats, rest)
-      if _sites.is_inference(sites):
-        module.eval()
-      with using_sites(sites):
-        return module(x)
-
-    return apply, params
-
-  params = _deep_merge(trainable_dict, stats_dict)
-
-  def stateful_apply(params, x, sites: Sites):
+  def apply(params, x, sites: Sites):
     st = jax.tree.map(lambda a: a, trainable)
     nnx.replace_by_pure_dict(st, _drop(params, stats_dict))
     ss = jax.tree.map(lambda a: a, stats)
@@ -334,7 +319,9 @@ def functional(
       module.eval()
     with using_sites(sites):
       out = module(x)
+    if not stats_dict:  # no state: the outputs alone
+      return out
     _, new_stats, _ = nnx.split(module, state, ...)
     return out, _sites.StateUpdate(nnx.to_pure_dict(new_stats))
 
-  return stateful_apply, params
+  return apply, params
