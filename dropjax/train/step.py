@@ -54,11 +54,11 @@ def make_train_step(
     objective at ``state.params`` with ``key``, applies the optimizer and
     increments ``state.step``. A stateful model's new statistics (the
     objective's ``aux["model_aux"]``, a :class:`dropjax.sites.StateUpdate`)
-    then replace those leaves of the parameters. ``metrics`` is a dict of float scalars:
-    ``loss`` (the total objective), every scalar entry of ``aux``
-    (``data_loss``, ``explicit``, ``implicit``, ``penalty``; non-scalar
-    entries such as ``model_aux`` are dropped) and ``grad_norm`` (global L2
-    norm of the gradient). Nothing is checked for NaN here (that would need a
+    then replace those leaves of the parameters. ``metrics`` is a dict of
+    float scalars: ``loss`` (the total objective), every scalar entry of
+    ``aux`` (``data_loss``, ``explicit``, ``implicit``, ``penalty``;
+    non-scalar entries such as ``model_aux`` are dropped) and ``grad_norm``
+    (global L2 norm of the gradient). Nothing is checked for NaN here (that would need a
     host sync); :func:`dropjax.train.train` checks between chunks.
 
   Example:
@@ -90,14 +90,14 @@ def make_train_step_with_aux(
   """:func:`make_train_step` that also returns the objective's
   ``aux.get("model_aux")`` (e.g. a recurrent model's new carry, ``None``
   when absent): ``step(state, batch, key) -> (state, metrics, model_aux)``."""
-  if getattr(objective, "needs_step", False):  # dropjax.schedules.Scheduled
-    grad_fn = jax.value_and_grad(
-      lambda p, b, k, t: objective(p, b, k, step=t), has_aux=True
-    )
-  else:
-    grad_fn = jax.value_and_grad(
-      lambda p, b, k, t: objective(p, b, k), has_aux=True
-    )
+  needs_step = getattr(objective, "needs_step", False)  # schedules.Scheduled
+
+  def loss_fn(params, batch, key, step):
+    if needs_step:
+      return objective(params, batch, key, step=step)
+    return objective(params, batch, key)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def step(state: TrainState, batch: Batch, key: Array):
     (loss, aux), grads = grad_fn(state.params, batch, key, state.step)
