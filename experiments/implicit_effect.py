@@ -86,13 +86,6 @@ def _cell(config, name: str):
   return cell
 
 
-def _regimens(config) -> tuple[str, ...]:
-  names = tuple(_regimens_of(config))
-  if not names:
-    raise ValueError("no regimen given (--config.regimens).")
-  return names
-
-
 def mlp_config(config, name: str):
   """The main job's config for one MLP cell."""
   cell = _cell(config, name)
@@ -391,7 +384,7 @@ def render_markdown(results: dict) -> str:
   out = ["# The implicit effect of dropout (Wei et al. §3, Algorithm 1)", ""]
   out.append(
     f"Seeds {list(config['seeds'])}; regimens "
-    f"{', '.join(_regimens_of(config))}. MLP {config['mlp']['layer_sizes']} "
+    f"{', '.join(_regimens(config))}. MLP {config['mlp']['layer_sizes']} "
     f"on Fashion-MNIST subsets, q = {config['mlp']['rate']}, batch "
     f"{config['mlp']['batch_size']}; character LSTM "
     f"{config['lstm']['num_layers']} × {config['lstm']['hidden_size']} "
@@ -423,7 +416,7 @@ def render_markdown(results: dict) -> str:
   out.append("")
   out.append("## Means over seeds")
   out.append("")
-  regs = _regimens_of(config)
+  regs = _regimens(config)
   out.append("| cell | metric | " + " | ".join(regs) + " |")
   out.append("|---|---|" + "---|" * len(regs))
   for name, cell in cells.items():
@@ -443,15 +436,22 @@ def render_markdown(results: dict) -> str:
   return "\n".join(out)
 
 
-def _regimens_of(config) -> list[str]:
-  """The regimen names of a config (a tuple, or one comma-separated
-  string)."""
+def _regimens(config) -> tuple[str, ...]:
+  """The regimen names of a config or its dict (a tuple, or one
+  comma-separated string).
+
+  Raises:
+    ValueError: no regimen.
+  """
   items = config["regimens"]
   if isinstance(items, str):
     items = (items,)
-  return [
+  names = tuple(
     n.strip() for item in items for n in str(item).split(",") if n.strip()
-  ]
+  )
+  if not names:
+    raise ValueError("no regimen given (--config.regimens).")
+  return names
 
 
 def _title(name: str, cell: dict) -> str:
@@ -480,7 +480,7 @@ def plot(results: dict, path: str) -> None:
   fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows))
   axes = np.atleast_1d(axes).ravel()
   for ax, (name, cell) in zip(axes, cells.items()):
-    for reg in _regimens_of(results["config"]):
+    for reg in _regimens(results["config"]):
       curves = [r["curve"] for r in cell["records"] if r["regimen"] == reg]
       curves = [c for c in curves if c]
       if not curves:
