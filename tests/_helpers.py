@@ -47,6 +47,26 @@ def expected_dropout_loss(apply, params, x, y, site, q, loss):
   return jnp.sum(probs * jax.vmap(loss_for)(masks)), jnp.sum(probs)
 
 
+def linearised_dropout_noise(apply, params, x, y, site, q, masks, probs):
+  """Mean and covariance of the linearised dropout noise
+  ``∇_θ <∂L̄/∂v, v ⊙ eps>`` (cross-entropy, ``eps = m / (1 - q) - 1``) over
+  the given masks of one site and their probabilities."""
+
+  def lin_noise(m):
+    eps = m / (1 - q) - 1
+
+    def inner(p):
+      lin = S.linearize_sites(apply, p, x)
+      g = lin.vjp(L.loss_cotangent("softmax_cross_entropy", lin.outputs, y))
+      return jnp.sum(g[site] * lin.activations[site] * eps)
+
+    return flat_grad(inner, params)
+
+  xi = jax.vmap(lin_noise)(masks)
+  mean = probs @ xi
+  return mean, (xi * probs[:, None]).T @ xi - jnp.outer(mean, mean)
+
+
 def clean_loss(apply, params, x, y, loss):
   return L.mean_loss(loss, apply(params, x, S.identity_sites), y)
 

@@ -23,6 +23,7 @@ from _helpers import masks_and_probabilities
 from _helpers import flat_grad
 from _helpers import hidden_model
 from _helpers import hidden_params
+from _helpers import linearised_dropout_noise
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -70,20 +71,9 @@ def test_implicit_noise_mean_zero_and_covariance_exact(q):
 
   # The linearised dropout noise, enumerated over Bernoulli masks.
   masks, probs = masks_and_probabilities(shape, q)
-
-  def lin_noise(m):
-    eps = m / (1 - q) - 1
-
-    def inner(params):
-      lin = S.linearize_sites(hidden_model, params, x)
-      g = lin.vjp(L.loss_cotangent("softmax_cross_entropy", lin.outputs, y))
-      return jnp.sum(g["h"] * lin.activations["h"] * eps)
-
-    return flat_grad(inner, p)
-
-  xi = jax.vmap(lin_noise)(masks)
-  mean = probs @ xi
-  cov_drop = (xi * probs[:, None]).T @ xi - jnp.outer(mean, mean)
+  mean, cov_drop = linearised_dropout_noise(
+    hidden_model, p, x, y, "h", q, masks, probs
+  )
   assert float(jnp.max(jnp.abs(mean))) < 1e-12
   assert float(jnp.max(jnp.abs(cov_imp - cov_drop))) < 1e-10
 

@@ -22,6 +22,7 @@ from dropjax import sites as S
 
 from _helpers import clean_loss
 from _helpers import flat_grad
+from _helpers import linearised_dropout_noise
 from _helpers import recurrent_model
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -248,20 +249,9 @@ def test_locked_implicit_covariance_is_the_locked_dropout_covariance(q):
   cov_locked = noise_cov((B, 1, H))
 
   masks, probs = _locked_masks(q)
-
-  def lin_noise(m):
-    eps = m / (1 - q) - 1
-
-    def inner(p):
-      lin = S.linearize_sites(recurrent_model, p, x)
-      g = lin.vjp(L.loss_cotangent("softmax_cross_entropy", lin.outputs, y))
-      return jnp.sum(g["emb"] * lin.activations["emb"] * eps)
-
-    return flat_grad(inner, params)
-
-  xi = jax.vmap(lin_noise)(masks)
-  mean = probs @ xi
-  cov_drop = (xi * probs[:, None]).T @ xi - jnp.outer(mean, mean)
+  mean, cov_drop = linearised_dropout_noise(
+    recurrent_model, params, x, y, "emb", q, masks, probs
+  )
   assert float(jnp.max(jnp.abs(mean))) < 1e-12
   assert float(jnp.max(jnp.abs(cov_locked - cov_drop))) < 1e-11
   # The keyed signs are one per group.
