@@ -57,7 +57,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     lstm=dict(
       vocab=96, embed_dim=64, hidden=128, layers=2, batch=32, seq_len=32
     ),
-    lstm_regimens=steps.REGIMENS,
+    lstm_regimens=steps.REGIMENS + ("dropout_k4_map", "dropout_k8_map"),
     lstm_repeats=10,
     torch_regimens=("dropout", "explicit", "explicit_implicit"),
     torch_threads=(None, 1),
@@ -175,15 +175,17 @@ class Suite:
     for r in regimens:
       jitted = jax.jit(steps.make_step(steps.objective(r, model), self.opt))
       compiled, compile_ms = timing.compile_timed(jitted, *args)
-      out[r] = (
-        compiled,
-        args,
-        dict(
-          compile_ms=compile_ms,
-          **timing.cost(compiled),
-          **timing.memory(compiled),
-        ),
+      meta = dict(
+        compile_ms=compile_ms,
+        **timing.cost(compiled),
+        **timing.memory(compiled),
       )
+      executed = steps.flops_executed(r, model, self.opt)
+      if executed is not None:  # scans: count every time step
+        meta["flops_compiled"] = meta["flops"]
+        meta["flops"] = executed
+        meta["flops_source"] = "unoptimised HLO, scans unrolled"
+      out[r] = (compiled, args, meta)
     return out
 
   def time_group(

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from benchmarks import timing
 from dropjax import models as _models
 from dropjax import objectives as _objectives
 
@@ -33,6 +34,10 @@ ratio; ``dropout_k1`` is the same objective built and compiled separately, so
 its ratio to ``dropout`` (ideally 1) shows the measurement noise."""
 
 REFERENCE = "dropout"
+
+MAP_SUFFIX = "_map"
+"""``dropout_k8_map``: DROPOUT_8 with its masks run one after another
+(``mask_axis="map"``) instead of batched (``vmap``)."""
 
 
 @dataclasses.dataclass
@@ -103,19 +108,26 @@ def char_lstm(
   batch: int = 32,
   seq_len: int = 64,
   seed: int = 0,
+  unroll: int | bool = 1,
 ) -> Model | None:
   """The character-level LSTM of ``dropjax.models.lstm``, or ``None`` where
   that module does not exist.
 
   AWD-LSTM sites (locked ``emb``/``h{i}``/``out``, DropConnect ``w_hh{i}``)
   at the model's default rates; one BPTT chunk of random tokens, zero carry.
+  ``unroll``: time steps per iteration of each layer's scan.
   """
   try:
     from dropjax.models import lstm as _lstm
   except ImportError:
     return None
   apply, params, spec, model = _lstm.make_lm(
-    vocab, key=seed, embed_dim=embed_dim, hidden_size=hidden, num_layers=layers
+    vocab,
+    key=seed,
+    embed_dim=embed_dim,
+    hidden_size=hidden,
+    num_layers=layers,
+    unroll=unroll,
   )
   kx, ky = jax.random.split(jax.random.key(seed + 1))
   tokens = jax.random.randint(kx, (batch, seq_len), 0, vocab)
@@ -137,6 +149,7 @@ def char_lstm(
       "layers": layers,
       "batch": batch,
       "seq_len": seq_len,
+      "unroll": unroll,
       "rates": dict(spec.rates),
     },
   )
@@ -148,12 +161,15 @@ def objective(regimen: str, model: Model):
   if regimen == "none":
     return _objectives.none(model.apply, **kw)
   if regimen == "dropout" or regimen.startswith("dropout_k"):
-    k = 1 if regimen == "dropout" else int(regimen[len("dropout_k") :])
+    mapped = regimen.endswith(MAP_SUFFIX)
+    name = regimen[: -len(MAP_SUFFIX)] if mapped else regimen
+    k = 1 if name == "dropout" else int(name[len("dropout_k") :])
     return _objectives.dropout_k(
       model.apply,
       rates=model.rates,
       k=k,
       broadcast_axes=model.broadcast_axes or None,
+      mask_axis="map" if mapped else "vmap",
       **kw,
     )
   if regimen == "explicit":
@@ -165,6 +181,34 @@ def objective(regimen: str, model: Model):
   raise ValueError(
     f"unknown benchmark regimen {regimen!r}; valid: {', '.join(REGIMENS)}."
   )
+
+
+def unrolled(model: Model) -> Model | None:
+  """The same char LSTM (weights, batch) with every scan unrolled, for
+  :func:`flops_executed`; ``None`` for a model without scans."""
+  c = model.config
+  if "unroll" not in c:
+    return None
+  keys = ("vocab", "embed_dim", "hidden", "layers", "batch", "seq_len")
+  return char_lstm(**{k: c[k] for k in keys}, unroll=True)
+
+
+def flops_executed(regimen: str, model: Model, opt) -> float | None:
+  """The FLOPs one step of ``regimen`` executes, scans counted per step.
+
+  For a model with scans, XLA's count of the unoptimised HLO of the same
+  step with every scan unrolled (:func:`benchmarks.timing.lowered_flops`);
+  a ``_map`` regimen is counted as its ``vmap`` twin (the same math, whose
+  masks are not a loop). ``None`` for models without scans (there the
+  compiled step's count is right).
+  """
+  full = unrolled(model)
+  if full is None:
+    return None
+  if regimen.endswith(MAP_SUFFIX):
+    regimen = regimen[: -len(MAP_SUFFIX)]
+  step = jax.jit(make_step(objective(regimen, full), opt))
+  return timing.lowered_flops(step, *step_args(full, opt))
 
 
 def optimizer() -> optax.GradientTransformation:

@@ -131,6 +131,14 @@ def _check_k(k):
     )
 
 
+MASK_AXES = ("vmap", "map")
+"""Ways :func:`dropout_family` runs its ``k`` masks (its ``mask_axis``)."""
+
+
+def _lax_map(fn):
+  return lambda xs: jax.lax.map(fn, xs)
+
+
 def dropout_family(
   apply: _sites.Apply,
   *,
@@ -143,11 +151,12 @@ def dropout_family(
   noise: str = "bernoulli",
   loss: str = "softmax_cross_entropy",
   has_aux: bool = False,
+  mask_axis: str = "vmap",
 ) -> Objective:
   r"""DROPOUT_k and its noise-restoring variants (arXiv:2002.12915, Alg. 1).
 
-  The loss is the mean over ``k`` independent dropout masks (``vmap``, not a
-  Python loop), so its gradient is ``g_k = (1/k) Σ_r ∇L̄(η_r)``, the update
+  The loss is the mean over ``k`` independent dropout masks (``vmap`` or
+  ``lax.map``, not a Python loop), so its gradient is ``g_k = (1/k) Σ_r ∇L̄(η_r)``, the update
   direction of Algorithm 1: the same mean as DROPOUT_1, with ``1/k`` of its
   dropout-noise covariance.
 
@@ -174,13 +183,22 @@ def dropout_family(
     loss: loss name.
     has_aux: ``apply`` returns ``(outputs, aux)``; ``model_aux`` comes from
       the first mask.
+    mask_axis: how the masks' forward and backward passes run:
+      ``"vmap"`` batches them (one pass with every activation ``k`` times
+      larger: wider matmuls, ``k`` times the memory) and ``"map"`` runs
+      them one after another inside the step (``lax.map``: the memory of
+      one mask, no batched matmuls). Same losses and gradients up to float
+      rounding; which is faster depends on the model and the backend
+      (``docs/benchmarks.md``, "LSTM step cost": ``"map"`` wins for the
+      char LSTM on CPU, whose DropConnect sites make ``vmap`` batch
+      ``k`` different recurrent weights).
 
   Returns:
     The objective; ``aux["data_loss"]`` is the mean dropout loss over the
     ``k`` masks, ``aux["implicit"]`` the fix-noise or implicit term.
 
   Raises:
-    ValueError: bad ``k``, rate, loss or noise; ``broadcast_axes`` with
+    ValueError: bad ``k``, rate, loss, noise or ``mask_axis``; ``broadcast_axes`` with
       Gaussian noise; (when called) a model without dropout sites.
     TypeError: ``broadcast_axes`` neither a mapping nor a tuple of ints.
       KeyError (when called): a rate or ``broadcast_axes`` entry for a site
@@ -201,7 +219,12 @@ def dropout_family(
       "Gaussian dropout draws independent noise per element: pass "
       "noise='bernoulli' or drop broadcast_axes."
     )
+  if mask_axis not in MASK_AXES:
+    raise ValueError(
+      f"unknown mask_axis {mask_axis!r}; valid: {', '.join(MASK_AXES)}."
+    )
   n_masks = k + (2 if fix_noise else 0)
+  over_masks = jax.vmap if mask_axis == "vmap" else _lax_map
 
   def objective(params, batch, key):
     x, y = _split_batch(batch)
@@ -223,7 +246,7 @@ def dropout_family(
       out, maux = _sites.call_apply(apply, params, x, sites, has_aux)
       return _losses.mean_loss(loss, out, y), maux
 
-    losses, mauxes = jax.vmap(one)(jax.random.split(k_masks, n_masks))
+    losses, mauxes = over_masks(one)(jax.random.split(k_masks, n_masks))
     data = jnp.mean(losses[:k])
     maux = jax.tree.map(lambda a: a[0], mauxes)  # the first mask's pass
     extra = None

@@ -476,3 +476,56 @@ def test_estimator_variance_micro(tmp_path):
       assert row["relative_sd"] > 0 and row["grad_relative_variance"] > 0
     assert rows["identity_hessian_per_site"]["passes"] == len(r["sites"])
   assert "locked_over_elementwise" in results[1]
+
+
+def test_executed_flops_count_every_time_step_of_a_scan():
+  """XLA's compiled count takes a loop body once; ``flops_executed`` lowers
+  the step with every scan unrolled, so it grows by the same amount with
+  each added time step (affine in T) and exceeds the compiled count."""
+  opt = steps.optimizer()
+
+  def counts(t):
+    m = steps.char_lstm(
+      vocab=11, embed_dim=4, hidden=8, layers=1, batch=2, seq_len=t
+    )
+    jitted = jax.jit(steps.make_step(steps.objective("dropout", m), opt))
+    compiled = jitted.lower(*steps.step_args(m, opt)).compile()
+    return steps.flops_executed("dropout", m, opt), timing.cost(compiled)
+
+  (f2, _), (f4, c4), (f6, _) = counts(2), counts(4), counts(6)
+  assert f4 - f2 > 0 and f6 - f4 == pytest.approx(f4 - f2, rel=1e-9)
+  # The recurrent matmul alone adds 2 * B * H * 4H FLOPs per step, forward.
+  assert f4 - f2 >= 2 * (2 * 2 * 8 * 32)
+  assert f4 > c4["flops"]
+  m = steps.char_lstm(vocab=11, embed_dim=4, hidden=8, layers=1, batch=2)
+  # A lax.map over DROPOUT_k's masks is counted as its vmap twin.
+  assert steps.flops_executed("dropout_k2_map", m, opt) == (
+    steps.flops_executed("dropout_k2", m, opt)
+  )
+  assert (
+    steps.flops_executed("dropout", steps.mlp(width=8, batch=4), opt) is None
+  )
+
+
+def test_lstm_cost_benchmark_micro(tmp_path):
+  from benchmarks import lstm_cost
+
+  out = str(tmp_path / "lc.json")
+  result = lstm_cost.main(["--out", out, "--config", "micro"])
+  with open(out) as f:
+    assert json.load(f)["records"] == json.loads(json.dumps(result["records"]))
+  recs = {(r["unroll"], r["regimen"]): r for r in result["records"]}
+  assert set(recs) == {
+    (u, r)
+    for u in lstm_cost.CONFIGS["micro"]["unrolls"]
+    for r in lstm_cost.CONFIGS["micro"]["regimens"]
+  }
+  for (u, r), rec in recs.items():
+    assert rec["median_ms"] > 0 and rec["flops"] > 0
+    own = recs[(u, "dropout")]
+    assert rec["flop_ratio_to_dropout"] == pytest.approx(
+      rec["flops"] / own["flops"]
+    )
+    # Unrolling changes the compiled program, not the executed FLOPs.
+    assert rec["flops"] == pytest.approx(recs[(1, r)]["flops"], rel=1e-6)
+  assert os.path.exists(str(tmp_path / "lc.md"))

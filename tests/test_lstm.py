@@ -6,6 +6,7 @@ sampled labels and Rademacher signs by enumerating every outcome.
 
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -218,6 +219,28 @@ def test_same_key_same_masks_different_key_different_masks():
 
 
 # ------------------------------------------------------------- carried state
+
+
+def test_unrolled_scan_is_the_same_model(x64):
+  """``unroll`` changes the compiled loop, not the arithmetic: outputs,
+  carry and gradients agree in float64; bad values are refused."""
+  seq, y = tokens((3, 7)), tokens((3, 7), seed=1)
+  results = []
+  for unroll in (1, 3, True):
+    apply, params, _, model = small(unroll=unroll)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    c0 = model.initial_carry(3, jnp.float64)
+
+    def loss(p):
+      logits, carry = apply(p, (seq, c0), dropjax.identity_sites)
+      return L.mean_loss("softmax_cross_entropy", logits, y), carry
+
+    results.append(jax.value_and_grad(loss, has_aux=True)(params))
+  for other in results[1:]:
+    chex.assert_trees_all_close(other, results[0], rtol=1e-12, atol=1e-14)
+  for bad in (0, -2, 1.5):
+    with pytest.raises(ValueError, match="unroll"):
+      small(unroll=bad)
 
 
 @pytest.mark.parametrize("num_layers", [1, 2])

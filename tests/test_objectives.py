@@ -393,3 +393,20 @@ def test_gaussian_dropout_regimen_is_dropout_with_gaussian_noise():
   )
   assert float(a) == float(b) == float(d)
   assert float(a) != float(c)  # not Bernoulli
+
+
+def test_mask_axis_map_runs_the_same_masks_as_vmap():
+  """``lax.map`` over DROPOUT_k's masks gives the same loss and gradients as
+  ``vmap`` (same keys, so the same masks; float rounding apart)."""
+
+  def value_grad(axis, **kw):
+    obj = O.dropout_k(mlp, rates=0.3, k=3, mask_axis=axis, **kw)
+    return jax.jit(jax.value_and_grad(lambda p: obj(p, BATCH, KEY)[0]))(PARAMS)
+
+  KEY = jax.random.key(7)
+  for kw in ({}, {"implicit": True}):
+    (lv, gv), (lm, gm) = value_grad("vmap", **kw), value_grad("map", **kw)
+    np.testing.assert_allclose(lm, lv, rtol=1e-6)
+    chex.assert_trees_all_close(gm, gv, rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="mask_axis.*vmap, map"):
+    O.dropout_k(mlp, rates=0.3, k=2, mask_axis="scan")

@@ -107,7 +107,13 @@ def site_names(num_layers: int) -> tuple[str, ...]:
 
 
 def lstm_scan(
-  w_ih: Array, w_hh: Array, bias: Array, x: Array, carry: tuple[Array, Array]
+  w_ih: Array,
+  w_hh: Array,
+  bias: Array,
+  x: Array,
+  carry: tuple[Array, Array],
+  *,
+  unroll: int | bool = 1,
 ) -> tuple[Array, tuple[Array, Array]]:
   """One LSTM layer over a whole sequence (``lax.scan`` over time).
 
@@ -121,6 +127,10 @@ def lstm_scan(
     bias: ``[4H]``.
     x: ``[B, T, F]`` inputs.
     carry: ``(h, c)``, each ``[B, H]``: the state before the first step.
+    unroll: time steps per iteration of the compiled loop
+      (``jax.lax.scan``'s ``unroll``; ``True``: the whole sequence). The
+      same arithmetic in the same order; it trades compile time for less
+      per-iteration overhead (``docs/benchmarks.md``, LSTM step cost).
 
   Returns:
     ``(outputs [B, T, H], (h_T, c_T))``; dtype of the promoted inputs.
@@ -137,7 +147,7 @@ def lstm_scan(
 
   dt = xw.dtype
   carry = (carry[0].astype(dt), carry[1].astype(dt))
-  carry, hs = jax.lax.scan(step, carry, xw)
+  carry, hs = jax.lax.scan(step, carry, xw, unroll=unroll)
   return jnp.swapaxes(hs, 0, 1), carry
 
 
@@ -205,6 +215,8 @@ class LSTMLanguageModel(nnx.Module):
       layers' own rates and what :func:`dropjax.flax.site_spec` reports;
       regimens may override them.
     forget_bias: initial forget-gate bias.
+    unroll: time steps per iteration of each layer's compiled loop (see
+      :func:`lstm_scan`); changes speed and compile time, not the model.
     rngs: ``nnx.Rngs`` for the weights (``params``) and the layers' own
       dropout (``dropout``).
 
@@ -229,6 +241,7 @@ class LSTMLanguageModel(nnx.Module):
     dropout_out: float = 0.4,
     dropout_weight: float = 0.4,
     forget_bias: float = 1.0,
+    unroll: int | bool = 1,
     rngs: nnx.Rngs,
   ):
     if vocab_size < 1:
@@ -237,6 +250,11 @@ class LSTMLanguageModel(nnx.Module):
     self.embed_dim = int(embed_dim)
     self.num_layers = int(num_layers)
     self.tie_weights = bool(tie_weights)
+    if not isinstance(unroll, bool) and (
+      not isinstance(unroll, int) or unroll < 1
+    ):
+      raise ValueError(f"unroll must be an int >= 1 or a bool, got {unroll!r}.")
+    self.unroll = unroll
     self.sizes = layer_sizes(num_layers, hidden_size, embed_dim, tie_weights)
     self.embed = nnx.Embed(
       vocab_size, embed_dim, embedding_init=_symmetric_uniform(0.1), rngs=rngs
@@ -292,7 +310,14 @@ class LSTMLanguageModel(nnx.Module):
     for i in range(self.num_layers):
       layer = getattr(self, f"lstm_{i}")
       w_hh = getattr(self, f"drop_w_hh{i}")(layer.w_hh[...])
-      h, c_i = lstm_scan(layer.w_ih[...], w_hh, layer.bias[...], h, carry[i])
+      h, c_i = lstm_scan(
+        layer.w_ih[...],
+        w_hh,
+        layer.bias[...],
+        h,
+        carry[i],
+        unroll=self.unroll,
+      )
       new_carry.append(c_i)
       last = i == self.num_layers - 1
       h = getattr(self, f"drop_{'out' if last else f'h{i}'}")(h)
