@@ -8,6 +8,7 @@ same model. See ``dropjax.sites`` for the contract and ``dropjax.objectives``
 for one objective per regimen.
 """
 
+from dropjax import attention
 from dropjax import explicit
 from dropjax import flax
 from dropjax import implicit
@@ -49,6 +50,7 @@ __all__ = [
   "LOSSES",
   "REGIMENS",
   "Sites",
+  "attention",
   "check_rate",
   "dropout",
   "dropout_mask",

@@ -140,6 +140,152 @@ class Dropout(nnx.Dropout):
     return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
 
 
+_ATTENTION_SITE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+  "dropjax_attention_site", default=None
+)
+
+
+def site_dot_product_attention(
+  query,
+  key,
+  value,
+  bias=None,
+  mask=None,
+  broadcast_dropout: bool = True,
+  dropout_rng=None,
+  dropout_rate: float = 0.0,
+  deterministic: bool = False,
+  dtype=None,
+  precision=None,
+  module=None,
+  promote_dtype=None,
+  is_causal: bool = False,
+):
+  """The ``attention_fn`` of :class:`MultiHeadAttention`.
+
+  Flax's ``nnx.dot_product_attention`` (same signature), except inside an
+  ``apply`` made by :func:`functional`, where the attention probabilities
+  go through the site of the calling :class:`MultiHeadAttention`
+  (:func:`dropjax.attention.dot_product_attention`) instead of Flax's
+  dropout.
+  """
+  name = _ATTENTION_SITE.get()
+  sites = _ACTIVE_SITES.get()
+  if name is None or sites is None:
+    kw = {} if promote_dtype is None else {"promote_dtype": promote_dtype}
+    return nnx.dot_product_attention(
+      query,
+      key,
+      value,
+      bias=bias,
+      mask=mask,
+      broadcast_dropout=broadcast_dropout,
+      dropout_rng=dropout_rng,
+      dropout_rate=dropout_rate,
+      deterministic=deterministic,
+      dtype=dtype,
+      precision=precision,
+      module=module,
+      is_causal=is_causal,
+      **kw,
+    )
+  from dropjax import attention as _attention
+
+  p = _attention.attention_probabilities(
+    query,
+    key,
+    mask=mask,
+    bias=bias,
+    causal=is_causal,
+    dtype=dtype,
+    precision=precision,
+  )
+  if module is not None:
+    module.sow(nnx.Intermediate, "attention_weights", p)
+  return _attention.attend(sites(name, p), value, precision=precision)
+
+
+class MultiHeadAttention(nnx.MultiHeadAttention):
+  """Drop-in for ``nnx.MultiHeadAttention`` whose attention dropout is a site.
+
+  Flax applies attention dropout inside its attention function, where no
+  :class:`Dropout` can reach it. This subclass takes the same constructor
+  arguments and call signature and builds the same parameters from the
+  same ``rngs`` (so ``nnx.state`` of the two is interchangeable); it adds
+  one :class:`Dropout` child, ``attention_dropout``, that names the
+  attention-probability site (``[batch, heads, q_len, kv_len]``, after the
+  softmax, as in Transformer-XL's ``dropatt``; arXiv:2002.12915 §5.3 puts
+  separate regularizer coefficients there).
+
+  * Outside dropjax it *is* ``nnx.MultiHeadAttention``: Flax's attention
+    function with Flax's dropout, its random stream and ``deterministic``
+    flag.
+  * Inside an ``apply`` made by :func:`functional` the probabilities go
+    through the regimen's ``sites`` under the site name, and Flax's own
+    dropout is off.
+
+  Args:
+    *args, **kwargs: those of ``nnx.MultiHeadAttention``. ``dropout_rate``
+      is the site's default rate (what :func:`site_spec` reports);
+      ``broadcast_dropout=True`` (Flax's default: one mask shared by the
+      batch and the heads) makes the site locked along axes ``(0, 1)``, so
+      it assumes one batch axis; pass ``False`` for element-wise dropout
+      (the reference Transformer code's).
+    site: the site name; ``None``: the child's path in the model, e.g.
+      ``"blocks.0.attn.attention_dropout"``.
+
+  Differences from ``nnx.MultiHeadAttention``: ``attention_fn`` cannot be
+  replaced (the site lives in it); with ``broadcast_dropout=True`` inputs
+  must have one batch axis inside dropjax.
+
+  Raises:
+    ValueError: a custom ``attention_fn``; (inside dropjax) more than one
+      batch axis with ``broadcast_dropout=True``.
+  """
+
+  def __init__(
+    self, *args, site: str | None = None, attention_fn=None, **kwargs
+  ):
+    if attention_fn is not None and attention_fn not in (
+      nnx.dot_product_attention,
+      site_dot_product_attention,
+    ):
+      raise ValueError(
+        "dropjax.flax.MultiHeadAttention routes the attention probabilities "
+        "through its own attention function; a custom attention_fn would "
+        "bypass the site. Use nnx.MultiHeadAttention for it, or call "
+        "dropjax.attention.dot_product_attention inside your function."
+      )
+    super().__init__(*args, attention_fn=site_dot_product_attention, **kwargs)
+    self.attention_dropout = Dropout(
+      self.dropout_rate,
+      site=site,
+      broadcast_dims=(0, 1) if self.broadcast_dropout else (),
+    )
+
+  def __call__(self, inputs_q, inputs_k=None, inputs_v=None, **kwargs):
+    if _ACTIVE_SITES.get() is None:
+      return super().__call__(inputs_q, inputs_k, inputs_v, **kwargs)
+    name = self.attention_dropout.site
+    if name is None:
+      raise ValueError(
+        "this dropjax.flax.MultiHeadAttention has no site name: build apply "
+        "with dropjax.flax.functional(model), which names it from its path."
+      )
+    if self.broadcast_dropout and inputs_q.ndim != 3:
+      raise ValueError(
+        f"broadcast_dropout=True locks the attention site along (batch, "
+        f"heads), which needs inputs [batch, length, features]; got "
+        f"{inputs_q.shape}. Pass broadcast_dropout=False."
+      )
+    kwargs["deterministic"] = True  # Flax's dropout off: the site drops
+    token = _ATTENTION_SITE.set(name)
+    try:
+      return super().__call__(inputs_q, inputs_k, inputs_v, **kwargs)
+    finally:
+      _ATTENTION_SITE.reset(token)
+
+
 @dataclasses.dataclass(frozen=True)
 class SiteSpec:
   """The dropout sites a model declares through :class:`Dropout` layers.
@@ -169,11 +315,23 @@ def name_sites(model: nnx.Module) -> dict[str, str]:
     ``{site: layer path}`` in graph order.
 
   Raises:
-    ValueError: a stock ``nnx.Dropout`` (its path and the layer to use
-      instead), or two layers with one site name (both paths).
+    ValueError: a stock ``nnx.Dropout``, or a stock
+      ``nnx.MultiHeadAttention`` with attention dropout (its path and the
+      layer to use instead), or two layers with one site name (both paths).
   """
   owners: dict[str, str] = {}
   for path, m in nnx.iter_graph(model):
+    if (
+      isinstance(m, nnx.MultiHeadAttention)
+      and not isinstance(m, MultiHeadAttention)
+      and float(m.dropout_rate) > 0
+    ):
+      raise ValueError(
+        f"layer {_path_name(path)!r} is a stock flax.nnx.MultiHeadAttention "
+        f"with dropout_rate {m.dropout_rate}, whose attention dropout "
+        "dropjax cannot reach: replace it with "
+        "dropjax.flax.MultiHeadAttention (same arguments)."
+      )
     if not isinstance(m, nnx.Dropout):
       continue
     where = _path_name(path)

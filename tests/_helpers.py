@@ -67,6 +67,109 @@ def linearised_dropout_noise(apply, params, x, y, site, q, masks, probs):
   return mean, (xi * probs[:, None]).T @ xi - jnp.outer(mean, mean)
 
 
+def label_sequences(shape, k):
+  """Every label array of ``shape`` with values in ``[0, k)``:
+  ``[k**size, *shape]``."""
+  n = int(np.prod(shape))
+  return jnp.asarray(
+    np.array(list(itertools.product(range(k), repeat=n))).reshape(
+      (-1,) + tuple(shape)
+    )
+  )
+
+
+def sampled_label_expectation(
+  apply, params, x, rates, *, grad=False, broadcast_axes=None, has_aux=False
+):
+  """E over ŷ ~ softmax(model) of the sampled-label R_exp (or of its
+  gradient), every label array enumerated (the estimator with the label
+  fixed to ŷ is the ``true_label`` one at ŷ)."""
+  from dropjax import explicit as ex
+
+  def r_for(p, y_hat):
+    lin = S.linearize_sites(apply, p, x, has_aux=has_aux)
+    return ex.explicit_from_linearization(
+      lin, rates, estimator="true_label", y=y_hat, broadcast_axes=broadcast_axes
+    )
+
+  logits = S.call_apply(apply, params, x, S.identity_sites, has_aux)[0]
+  labels = label_sequences(logits.shape[:-1], logits.shape[-1])
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  probs = jnp.exp(
+    jnp.sum(
+      jnp.take_along_axis(logp[None], labels[..., None], axis=-1)[..., 0],
+      axis=tuple(range(1, labels.ndim)),
+    )
+  )
+  np.testing.assert_allclose(float(jnp.sum(probs)), 1.0, atol=1e-12)
+  f = jax.grad(r_for) if grad else r_for
+  vals = jax.jit(jax.vmap(f, in_axes=(None, 0)))(params, labels)
+  return jax.tree.map(lambda v: jnp.tensordot(probs, v, axes=(0, 0)), vals)
+
+
+def implicit_over_all_signs(
+  apply, params, x, y, rates, names, *, has_aux=False
+):
+  """``R_imp`` and its parameter gradient for every sign pattern of the
+  sites ``names`` (other sites' signs fixed at +1, which matters only where
+  their rate is 0), and the linearised dropout-noise covariance
+  ``Σ_j q_j/(1-q_j) a_j a_jᵀ``, ``a_j = ∇_θ (v_j ∂L̄/∂v_j)``, that the
+  gradients' covariance must equal.
+
+  Returns:
+    ``(values [P], gradients [P, n_params], expected_covariance)``.
+  """
+  from dropjax import implicit as im
+
+  lin = S.linearize_sites(apply, params, x, has_aux=has_aux)
+  sizes = [lin.activations[n].size for n in names]
+  patterns = jnp.asarray(
+    list(itertools.product([-1.0, 1.0], repeat=sum(sizes)))
+  )
+
+  def split(sv):
+    out = {n: jnp.ones_like(v) for n, v in lin.activations.items()}
+    i = 0
+    for n, size in zip(names, sizes):
+      out[n] = sv[i : i + size].reshape(lin.activations[n].shape)
+      i += size
+    return out
+
+  def r_imp(p, sv):
+    l2 = S.linearize_sites(apply, p, x, has_aux=has_aux)
+    return im.implicit_from_linearization(
+      l2, rates, y=y, key=jax.random.key(0), signs=split(sv)
+    )
+
+  flat = lambda t: jnp.concatenate([a.ravel() for a in jax.tree.leaves(t)])
+  vals, grads = jax.jit(
+    jax.vmap(lambda sv: (r_imp(params, sv), flat(jax.grad(r_imp)(params, sv))))
+  )(patterns)
+
+  def u(p):
+    l2 = S.linearize_sites(apply, p, x, has_aux=has_aux)
+    g = l2.vjp(L.loss_cotangent("softmax_cross_entropy", l2.outputs, y))
+    return jnp.concatenate([(l2.activations[n] * g[n]).ravel() for n in names])
+
+  leaves, treedef = jax.tree.flatten(params)
+
+  def unflatten(fp):
+    out, i = [], 0
+    for leaf in leaves:
+      out.append(fp[i : i + leaf.size].reshape(leaf.shape))
+      i += leaf.size
+    return jax.tree.unflatten(treedef, out)
+
+  a = jax.jit(jax.jacobian(lambda fp: u(unflatten(fp))))(flat(params))
+  c = jnp.concatenate(
+    [
+      jnp.full((size,), rates[n] / (1 - rates[n]))
+      for n, size in zip(names, sizes)
+    ]
+  )
+  return vals, grads, (a * c[:, None]).T @ a
+
+
 def clean_loss(apply, params, x, y, loss):
   return L.mean_loss(loss, apply(params, x, S.identity_sites), y)
 

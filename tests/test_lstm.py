@@ -4,8 +4,6 @@ The derivation tests run a tiny LSTM in float64 and compute expectations over
 sampled labels and Rademacher signs by enumerating every outcome.
 """
 
-import itertools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -14,10 +12,11 @@ import pytest
 
 import dropjax
 from dropjax import explicit as ex
-from dropjax import implicit as im
 from dropjax import losses as L
 from dropjax import sites as S
 from dropjax.models import lstm
+
+import _helpers
 
 
 def small(num_layers=2, vocab=7, embed_dim=5, hidden_size=6, key=0, **kw):
@@ -328,39 +327,10 @@ def tiny_lstm(
   return apply, params, spec, (toks, carry)
 
 
-def label_sequences(shape, k):
-  n = int(np.prod(shape))
-  return jnp.asarray(
-    np.array(list(itertools.product(range(k), repeat=n))).reshape(
-      (-1,) + tuple(shape)
-    )
+def sampled_label_expectation(apply, params, x, rates, **kw):
+  return _helpers.sampled_label_expectation(
+    apply, params, x, rates, has_aux=True, **kw
   )
-
-
-def sampled_label_expectation(
-  apply, params, x, rates, *, grad=False, broadcast_axes=None
-):
-  """E over ŷ ~ model of the sampled-label R_exp (or its gradient)."""
-
-  def r_for(p, y_hat):
-    lin = S.linearize_sites(apply, p, x, has_aux=True)
-    return ex.explicit_from_linearization(
-      lin, rates, estimator="true_label", y=y_hat, broadcast_axes=broadcast_axes
-    )
-
-  logits = apply(params, x, S.identity_sites)[0]
-  labels = label_sequences(logits.shape[:-1], logits.shape[-1])
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  probs = jnp.exp(
-    jnp.sum(
-      jnp.take_along_axis(logp[None], labels[..., None], axis=-1)[..., 0],
-      axis=tuple(range(1, labels.ndim)),
-    )
-  )
-  np.testing.assert_allclose(float(jnp.sum(probs)), 1.0, atol=1e-12)
-  f = jax.grad(r_for) if grad else r_for
-  vals = jax.jit(jax.vmap(f, in_axes=(None, 0)))(params, labels)
-  return jax.tree.map(lambda v: jnp.tensordot(probs, v, axes=(0, 0)), vals)
 
 
 def test_sampled_label_explicit_is_unbiased_for_gauss_newton(x64):
@@ -468,56 +438,18 @@ def test_implicit_is_zero_mean_with_dropout_covariance_over_all_signs(x64):
   apply, params, spec, x = tiny_lstm(1, embed_dim=1, hidden_size=1)
   rates = S.resolve_rates({"emb": 0.2, "w_hh0": 0.4, "out": 0.3}, spec.rates)
   y = jnp.array([[2, 0]])
-  lin = S.linearize_sites(apply, params, x, has_aux=True)
-  names = list(lin.activations)
-  sizes = [lin.activations[n].size for n in names]
-  assert sum(sizes) == 8
-  patterns = jnp.asarray(list(itertools.product([-1.0, 1.0], repeat=8)))
-
-  def split(sv):
-    out, i = {}, 0
-    for n, size in zip(names, sizes):
-      out[n] = sv[i : i + size].reshape(lin.activations[n].shape)
-      i += size
-    return out
-
-  def r_imp(p, sv):
-    l2 = S.linearize_sites(apply, p, x, has_aux=True)
-    return im.implicit_from_linearization(
-      l2, rates, y=y, key=jax.random.key(0), signs=split(sv)
-    )
-
-  flat = lambda t: jnp.concatenate([a.ravel() for a in jax.tree.leaves(t)])
-  vals, grads = jax.jit(
-    jax.vmap(lambda sv: (r_imp(params, sv), flat(jax.grad(r_imp)(params, sv))))
-  )(patterns)
+  names = list(S.site_shapes(apply, params, x, has_aux=True))
+  assert (
+    sum(v.size for v in S.site_shapes(apply, params, x, has_aux=True).values())
+    == 8
+  )
+  vals, grads, expected = _helpers.implicit_over_all_signs(
+    apply, params, x, y, rates, names, has_aux=True
+  )
   assert float(jnp.max(jnp.abs(vals))) > 1e-3
   assert abs(float(jnp.mean(vals))) < 1e-12
   assert float(jnp.max(jnp.abs(jnp.mean(grads, 0)))) < 1e-12
   # Covariance of the gradient noise = Σ_j q_j/(1-q_j) a_j a_jᵀ with
   # a_j = ∇_θ (v_j ∂L̄/∂v_j): the linearised dropout-noise covariance.
-  cov = grads.T @ grads / patterns.shape[0]
-
-  def u(p):
-    l2 = S.linearize_sites(apply, p, x, has_aux=True)
-    g = l2.vjp(L.loss_cotangent("softmax_cross_entropy", l2.outputs, y))
-    return jnp.concatenate([(l2.activations[n] * g[n]).ravel() for n in names])
-
-  leaves, treedef = jax.tree.flatten(params)
-
-  def unflatten(fp):
-    out, i = [], 0
-    for leaf in leaves:
-      out.append(fp[i : i + leaf.size].reshape(leaf.shape))
-      i += leaf.size
-    return jax.tree.unflatten(treedef, out)
-
-  a = jax.jit(jax.jacobian(lambda fp: u(unflatten(fp))))(flat(params))
-  c = jnp.concatenate(
-    [
-      jnp.full((size,), rates[n] / (1 - rates[n]))
-      for n, size in zip(names, sizes)
-    ]
-  )
-  expected = (a * c[:, None]).T @ a
+  cov = grads.T @ grads / grads.shape[0]
   np.testing.assert_allclose(cov, expected, atol=1e-11, rtol=1e-9)

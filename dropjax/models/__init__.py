@@ -115,11 +115,40 @@ def make_init(name: str, **kwargs) -> Callable[[jax.Array], dict]:
   return init
 
 
+def functional_model(cls: type[nnx.Module], *args, key: Any = 0, **kwargs):
+  """``cls(*args, **kwargs, rngs=nnx.Rngs(key))`` in functional form.
+
+  Returns:
+    ``(apply, params, spec, module)``: :func:`dropjax.flax.functional`'s
+    ``apply`` and parameter dict, the :class:`dropjax.flax.SiteSpec` and the
+    module itself (for its sizes and helpers).
+
+  Raises:
+    TypeError: a raw (uint32) key.
+  """
+  model = cls(*args, **kwargs, rngs=nnx.Rngs(_key(key)))
+  apply, params = djflax.functional(model)
+  return apply, params, djflax.site_spec(model), model
+
+
+def functional_init(cls: type[nnx.Module], *args, **kwargs):
+  """``init(key) -> params`` as a pure function (``vmap``-able over typed
+  keys), equal to ``functional_model(cls, *args, key=key, **kwargs)[1]``."""
+
+  def init(key: jax.Array) -> dict:
+    model = cls(*args, **kwargs, rngs=nnx.Rngs(_key(key)))
+    return djflax.functional(model)[1]
+
+  return init
+
+
 __all__ = [
   "CNN",
   "MLP",
   "MODELS",
   "build",
+  "functional_init",
+  "functional_model",
   "glorot_uniform",
   "layer_names",
   "make_init",

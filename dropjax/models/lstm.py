@@ -66,6 +66,7 @@ import jax
 import jax.numpy as jnp
 
 from dropjax import flax as djflax
+from dropjax import models as _models
 
 Array = jax.Array
 Carry = tuple[tuple[Array, Array], ...]
@@ -352,22 +353,15 @@ def make_lm(vocab_size: int, *, key: Any = 0, **kwargs):
     :class:`dropjax.flax.SiteSpec` (rates and locked axes of every site) and
     the module (for :meth:`~LSTMLanguageModel.initial_carry` and sizes).
   """
-  if isinstance(key, int):
-    key = jax.random.key(key)
-  model = LSTMLanguageModel(vocab_size, **kwargs, rngs=nnx.Rngs(key))
-  apply, params = djflax.functional(model)
-  return apply, params, djflax.site_spec(model), model
+  return _models.functional_model(
+    LSTMLanguageModel, vocab_size, key=key, **kwargs
+  )
 
 
 def make_lm_init(vocab_size: int, **kwargs):
   """``init(key) -> params`` as a pure function (``vmap``-able over typed
   keys), equal to ``make_lm(vocab_size, key=key, **kwargs)[1]``."""
-
-  def init(key):
-    model = LSTMLanguageModel(vocab_size, **kwargs, rngs=nnx.Rngs(key))
-    return djflax.functional(model)[1]
-
-  return init
+  return _models.functional_init(LSTMLanguageModel, vocab_size, **kwargs)
 
 
 __all__ = [
