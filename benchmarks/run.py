@@ -59,6 +59,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     ),
     lstm_regimens=steps.REGIMENS + ("dropout_k4_map", "dropout_k8_map"),
     lstm_repeats=10,
+    transformer=dict(
+      vocab=96, embed_dim=128, heads=4, layers=2, batch=32, seq_len=64
+    ),
+    transformer_regimens=steps.REGIMENS,
+    transformer_repeats=10,
     torch_regimens=("dropout", "explicit", "explicit_implicit"),
     torch_threads=(None, 1),
     scaling_regimens=("dropout", "explicit", "explicit_implicit"),
@@ -281,6 +286,18 @@ class Suite:
       entries,
       self.cfg["lstm_repeats"],
       extra=dict(seq_len=lstm.config["seq_len"]),
+    )
+    if self.cfg.get("transformer") is None:
+      return
+    tf = steps.transformer(**self.cfg["transformer"])
+    regs = self.cfg["transformer_regimens"]
+    self.log(f"[regimens] {tf.name}: {len(regs)} steps")
+    self.time_group(
+      "regimens",
+      tf,
+      self.jax_entries(tf, regs),
+      self.cfg["transformer_repeats"],
+      extra=dict(seq_len=tf.config["seq_len"]),
     )
 
   def torch_peer(self):

@@ -155,6 +155,57 @@ def char_lstm(
   )
 
 
+def transformer(
+  *,
+  vocab: int = 96,
+  embed_dim: int = 128,
+  heads: int = 4,
+  layers: int = 2,
+  batch: int = 32,
+  seq_len: int = 64,
+  rate: float = 0.1,
+  seed: int = 0,
+) -> Model:
+  """The decoder-only Transformer of ``dropjax.models.transformer`` (feed-
+  forward ``4 E``, tied embedding, learned positions; sites at the
+  embedding, attention probabilities, attention and feed-forward outputs,
+  feed-forward hidden layer and final hidden state, all at ``rate``) with
+  one batch of random tokens."""
+  from dropjax.models import transformer as _tf
+
+  rates = {f"dropout_{k}": rate for k in _tf.SITE_KINDS}
+  apply, params, spec, _ = _tf.make_lm(
+    vocab,
+    key=seed,
+    embed_dim=embed_dim,
+    num_heads=heads,
+    num_layers=layers,
+    max_len=seq_len,
+    **rates,
+  )
+  kx, ky = jax.random.split(jax.random.key(seed + 1))
+  tokens = jax.random.randint(kx, (batch, seq_len), 0, vocab)
+  targets = jax.random.randint(ky, (batch, seq_len), 0, vocab)
+  return Model(
+    f"transformer-V{vocab}-E{embed_dim}x{layers}-heads{heads}",
+    apply,
+    params,
+    dict(spec.rates),
+    {},
+    (tokens, targets),
+    False,
+    {
+      "vocab": vocab,
+      "embed_dim": embed_dim,
+      "heads": heads,
+      "layers": layers,
+      "batch": batch,
+      "seq_len": seq_len,
+      "rate": rate,
+    },
+  )
+
+
 def objective(regimen: str, model: Model):
   """The dropjax objective of ``regimen`` for ``model``."""
   kw = dict(has_aux=model.has_aux)

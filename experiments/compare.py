@@ -191,13 +191,8 @@ def load_checked(config, setting: str) -> djdata.ImageDataset:
 
 def schedule(config, steps: int) -> optax.Schedule:
   """Linear warm-up over ``warmup_fraction`` of the steps, cosine to 0."""
-  warmup = int(round(float(config.warmup_fraction) * steps))
-  return optax.warmup_cosine_decay_schedule(
-    init_value=0.0,
-    peak_value=float(config.learning_rate),
-    warmup_steps=max(warmup, 1),
-    decay_steps=steps,
-    end_value=0.0,
+  return harness.warmup_cosine(
+    float(config.learning_rate), float(config.warmup_fraction), steps
   )
 
 

@@ -31,6 +31,8 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import optax
+
 from dropjax.losses import check_labels
 from dropjax.train import files as _files
 
@@ -358,6 +360,21 @@ def enable_compilation_cache(directory: str | None) -> str | None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return directory
+
+
+def warmup_cosine(
+  peak: float, warmup_fraction: float, steps: int
+) -> optax.Schedule:
+  """Linear warm-up from 0 over ``warmup_fraction`` of ``steps``, then
+  cosine decay to 0 at ``steps`` (``optax.warmup_cosine_decay_schedule``)."""
+  warmup = int(round(float(warmup_fraction) * steps))
+  return optax.warmup_cosine_decay_schedule(
+    init_value=0.0,
+    peak_value=float(peak),
+    warmup_steps=max(warmup, 1),
+    decay_steps=steps,
+    end_value=0.0,
+  )
 
 
 def save_figure_atomic(fig, path: str, **savefig_kwargs) -> None:

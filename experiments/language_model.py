@@ -55,6 +55,7 @@ import numpy as np
 from dropjax import objectives as djobj
 from dropjax.data import text as djtext
 from dropjax.models import lstm as djlstm
+from dropjax.models import transformer as djtransformer
 from dropjax import train as djtrain
 from dropjax.train import make_optimizer, write_json_atomic
 from experiments import harness
@@ -123,8 +124,43 @@ def fingerprint(config) -> str:
   return harness.fingerprint(config, VOLATILE_KEYS)
 
 
+def architecture(config) -> str:
+  """``config.model.arch``: ``"lstm"`` (the default when the key is absent)
+  or ``"transformer"``.
+
+  Raises:
+    ValueError: another name.
+  """
+  arch = str(config.model.get("arch", "lstm"))
+  if arch not in ARCHITECTURES:
+    raise ValueError(
+      f"unknown --config.model.arch {arch!r}; valid: {', '.join(ARCHITECTURES)}."
+    )
+  return arch
+
+
+ARCHITECTURES = ("lstm", "transformer")
+
+
 def model_kwargs(config) -> dict:
+  """The model constructor's arguments from ``config.model`` and
+  ``config.rates`` (per site kind)."""
   m, r = config.model, config.rates
+  if architecture(config) == "transformer":
+    return dict(
+      embed_dim=int(m.embed_dim),
+      num_heads=int(m.num_heads),
+      num_layers=int(m.num_layers),
+      ff_dim=int(m.ff_dim),
+      max_len=int(m.max_len),
+      positions=str(m.positions),
+      tie_weights=bool(m.tie_weights),
+      dropout_emb=float(r.emb),
+      dropout_att=float(r.att),
+      dropout_res=float(r.res),
+      dropout_ff=float(r.ff),
+      dropout_final=float(r.final),
+    )
   return dict(
     embed_dim=int(m.embed_dim),
     hidden_size=int(m.hidden_size),
@@ -189,18 +225,58 @@ def _finite_or_none(v):
 @dataclasses.dataclass
 class Model:
   """The model of the experiment in functional form (shared by all
-  regimens, so evaluation compiles once)."""
+  regimens, so evaluation compiles once): ``apply(params, (tokens, carry),
+  sites) -> (logits, new_carry)`` and ``initial_carry(batch_size)``."""
 
   apply: Any
   init: Any
   spec: Any
-  module: Any
+  initial_carry: Any
+
+
+def _no_carry(apply):
+  """A Transformer's ``apply(params, tokens, sites)`` in the LM's
+  ``(tokens, carry) -> (logits, carry)`` form with an empty carry: every
+  BPTT chunk is its own context (no memory across chunks)."""
+
+  def with_carry(params, x, sites):
+    tokens, carry = x
+    return apply(params, tokens, sites), carry
+
+  return with_carry
 
 
 def build_model(config, vocab_size: int) -> Model:
   mkw = model_kwargs(config)
+  if architecture(config) == "transformer":
+    if int(config.eval_bptt) > int(config.model.max_len) or int(
+      config.bptt
+    ) > int(config.model.max_len):
+      raise ValueError(
+        f"--config.bptt ({config.bptt}) and --config.eval_bptt "
+        f"({config.eval_bptt}) must be <= --config.model.max_len "
+        f"({config.model.max_len}), the Transformer's longest context."
+      )
+    apply, _, spec, _ = djtransformer.make_lm(vocab_size, key=0, **mkw)
+    init = djtransformer.make_lm_init(vocab_size, **mkw)
+    return Model(_no_carry(apply), init, spec, lambda batch_size: ())
   apply, _, spec, module = djlstm.make_lm(vocab_size, key=0, **mkw)
-  return Model(apply, djlstm.make_lm_init(vocab_size, **mkw), spec, module)
+  return Model(
+    apply, djlstm.make_lm_init(vocab_size, **mkw), spec, module.initial_carry
+  )
+
+
+def learning_rate(config):
+  """``config.learning_rate``, constant; with ``config.warmup_fraction`` set
+  (the Transformer configs), linear warm-up then cosine decay to 0 over
+  ``config.steps`` (:func:`experiments.harness.warmup_cosine`)."""
+  if config.get("warmup_fraction") is None:
+    return float(config.learning_rate)
+  return harness.warmup_cosine(
+    float(config.learning_rate),
+    float(config.warmup_fraction),
+    int(config.steps),
+  )
 
 
 def run_regimen(
@@ -212,11 +288,11 @@ def run_regimen(
   """
   run_dir = os.path.join(workdir, "runs", reg.name)
   apply, init, spec = model.apply, model.init, model.spec
-  init_carry = model.module.initial_carry
+  init_carry = model.initial_carry
   objective = make_objective(reg, apply, spec, config)
   optimizer = make_optimizer(
     config.optimizer,
-    float(config.learning_rate),
+    learning_rate(config),
     momentum=float(config.momentum),
     weight_decay=float(config.weight_decay),
     clip_norm=float(config.clip_norm) if config.clip_norm else None,

@@ -371,22 +371,46 @@ def claim_analytic_matches(records, names) -> str:
   return head + " ".join(parts) + " " + tail
 
 
+def _arch_title(cfg: dict) -> str:
+  return "Transformer" if cfg["model"].get("arch") == "transformer" else "LSTM"
+
+
+def _model_line(cfg: dict) -> str:
+  m, r = cfg["model"], cfg["rates"]
+  if m.get("arch") == "transformer":
+    return (
+      f"decoder-only Transformer {m['num_layers']} x {m['embed_dim']} "
+      f"({m['num_heads']} heads, feed-forward {m['ff_dim']}, {m['positions']} "
+      f"positions, context {m['max_len']}, tied={m['tie_weights']}), rates "
+      f"emb/att/res/ff/final = {r['emb']}/{r['att']}/{r['res']}/{r['ff']}/"
+      f"{r['final']}"
+    )
+  return (
+    f"LSTM {m['num_layers']} x {m['hidden_size']} (embedding "
+    f"{m['embed_dim']}, tied={m['tie_weights']}), rates emb/h/out/w_hh = "
+    f"{r['emb']}/{r['hidden']}/{r['out']}/{r['weight']}"
+  )
+
+
+def _schedule_line(cfg: dict) -> str:
+  w = cfg.get("warmup_fraction")
+  if w is None:
+    return ""
+  return f" ({w:.0%} linear warm-up, cosine decay to 0)"
+
+
 def write_report(workdir: str, results: dict, regimens: list[Regimen]):
   """Writes ``report.md`` and the two PNGs from ``results``."""
   records = results["records"]
   cfg = results["config"]
   names = [r.name for r in regimens]
   lines = [
-    "# Character-level LSTM language model: dropout vs its analytic "
-    "replacement",
+    f"# Character-level {_arch_title(cfg)} language model: dropout vs its "
+    "analytic replacement",
     "",
     f"Corpus `{cfg['corpus']}` (first {cfg['train_tokens'] or 'all'} "
-    f"training characters), LSTM {cfg['model']['num_layers']} x "
-    f"{cfg['model']['hidden_size']} (embedding {cfg['model']['embed_dim']}"
-    f", tied={cfg['model']['tie_weights']}), rates emb/h/out/w_hh = "
-    f"{cfg['rates']['emb']}/{cfg['rates']['hidden']}/{cfg['rates']['out']}/"
-    f"{cfg['rates']['weight']}, {cfg['optimizer']} lr "
-    f"{cfg['learning_rate']}, {cfg['steps']} steps of "
+    f"training characters), {_model_line(cfg)}, {cfg['optimizer']} lr "
+    f"{cfg['learning_rate']}{_schedule_line(cfg)}, {cfg['steps']} steps of "
     f"{cfg['batch_size']} x {cfg['bptt']} characters, seeds "
     f"{list(cfg['seeds'])}. Explicit estimator `{cfg['estimator']}`, "
     f"explicit scale {cfg['explicit_scale']} (1 = Taylor-faithful "

@@ -312,6 +312,38 @@ def test_smoke_experiment_end_to_end_and_resume(tmp_path, monkeypatch):
     exp.run_experiment(config, workdir, log=lambda *a: None)
 
 
+def test_transformer_smoke_experiment_end_to_end(tmp_path):
+  """The Transformer variant through the same harness: every regimen and
+  seed trains with a warm-up + cosine schedule, is evaluated on contexts of
+  its training length, and the report describes the Transformer."""
+  config = lm_configs.get_config("transformer_smoke")
+  res = exp.run_experiment(config, str(tmp_path), log=lambda *a: None)
+  recs = res["records"]
+  assert not res["errors"]
+  assert len(recs) == len(exp.parse_regimens(config.regimens)) * 2
+  for r in recs:
+    assert r["status"] == "ok" and 0 < r["best_val_bpc"] < 10, r
+  by = {(r["regimen"], r["seed"]): r["val_bpc"] for r in recs}
+  assert by["none", 0] != by["none", 1]
+  assert by["dropout_1", 0] != by["explicit_implicit", 0]
+  report = open(os.path.join(str(tmp_path), exp.REPORT_FILE)).read()
+  assert "decoder-only Transformer 1 x 8 (2 heads" in report
+  assert "cosine decay" in report and "Claim 3" in report
+  # The schedule: warm-up from 0 to the peak, cosine back to 0.
+  lr = exp.learning_rate(config)
+  assert float(lr(0)) == 0.0 and float(lr(config.steps)) == 0.0
+  assert float(lr(1)) == pytest.approx(config.learning_rate)
+  # A context longer than the model's is refused before training.
+  config.eval_bptt = 16
+  with pytest.raises(ValueError, match="max_len"):
+    exp.run_experiment(config, str(tmp_path / "x"), log=lambda *a: None)
+  assert not os.path.exists(str(tmp_path / "x"))
+  config.eval_bptt = 8
+  config.model.arch = "gru"
+  with pytest.raises(ValueError, match="model.arch.*lstm, transformer"):
+    exp.run_experiment(config, str(tmp_path / "y"), log=lambda *a: None)
+
+
 def test_report_verdicts_follow_the_numbers():
   def recs(name, k, vals, objective="dropout_k"):
     return [
