@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 import flax.nnx as nnx
 import jax
 
+from dropjax import attention as _attention
 from dropjax import sites as _sites
 from dropjax.sites import Sites
 
@@ -189,8 +190,6 @@ def site_dot_product_attention(
       is_causal=is_causal,
       **kw,
     )
-  from dropjax import attention as _attention
-
   p = _attention.attention_probabilities(
     query,
     key,
