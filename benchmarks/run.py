@@ -600,7 +600,9 @@ def render_markdown(result: dict) -> str:
     f"- command: `{result['command']}`",
     "- step: jit(value_and_grad(objective) + Adam update); median of "
     "interleaved rounds after warm-up; ratios are paired per round; "
-    "FLOPs are XLA's cost analysis of the compiled step; peak = "
+    "FLOPs are XLA's cost analysis of the compiled step (for models with "
+    "scans, of the step lowered with every scan unrolled: the compiled "
+    "count takes a loop body once); peak = "
     "memory_analysis temp + argument + output - alias.",
     "",
   ]

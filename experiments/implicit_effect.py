@@ -384,7 +384,7 @@ def render_markdown(results: dict) -> str:
   out = ["# The implicit effect of dropout (Wei et al. §3, Algorithm 1)", ""]
   out.append(
     f"Seeds {list(config['seeds'])}; regimens "
-    f"{', '.join(_regimens(config))}. MLP {config['mlp']['layer_sizes']} "
+    f"{', '.join(_regimens(config))}. MLP {list(config['mlp']['layer_sizes'])} "
     f"on Fashion-MNIST subsets, q = {config['mlp']['rate']}, batch "
     f"{config['mlp']['batch_size']}; character LSTM "
     f"{config['lstm']['num_layers']} × {config['lstm']['hidden_size']} "
