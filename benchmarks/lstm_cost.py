@@ -67,6 +67,7 @@ def run(cfg: dict, *, log=print) -> dict:
   """Compiles, counts and times every (unroll, regimen) step; the records."""
   opt = steps.optimizer()
   calls, meta = {}, {}
+  full = steps.char_lstm(**cfg["lstm"], unroll=True)  # the FLOP counts
   for u in cfg["unrolls"]:
     model = steps.char_lstm(**cfg["lstm"], unroll=u)
     args = steps.step_args(model, opt)
@@ -79,7 +80,7 @@ def run(cfg: dict, *, log=print) -> dict:
         model=model.name,
         compile_ms=ms,
         flops_compiled=timing.cost(compiled)["flops"],
-        flops=steps.flops_executed(r, model, opt),
+        flops=steps.flops_executed(r, model, opt, full=full),
       )
       log(f"[lstm_cost] unroll {u} {r}: compiled in {ms / 1e3:.1f} s")
   times = timing.time_interleaved(

@@ -177,6 +177,7 @@ class Suite:
     """``{regimen: (compiled, args, meta)}``, compiled and analysed."""
     out = {}
     args = steps.step_args(model, self.opt)
+    full = steps.unrolled(model)  # for the FLOP count of scan models
     for r in regimens:
       jitted = jax.jit(steps.make_step(steps.objective(r, model), self.opt))
       compiled, compile_ms = timing.compile_timed(jitted, *args)
@@ -185,7 +186,11 @@ class Suite:
         **timing.cost(compiled),
         **timing.memory(compiled),
       )
-      executed = steps.flops_executed(r, model, self.opt)
+      executed = (
+        None
+        if full is None
+        else steps.flops_executed(r, model, self.opt, full=full)
+      )
       if executed is not None:  # scans: count every time step
         meta["flops_compiled"] = meta["flops"]
         meta["flops"] = executed

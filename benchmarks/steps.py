@@ -212,8 +212,7 @@ def objective(regimen: str, model: Model):
   if regimen == "none":
     return _objectives.none(model.apply, **kw)
   if regimen == "dropout" or regimen.startswith("dropout_k"):
-    mapped = regimen.endswith(MAP_SUFFIX)
-    name = regimen[: -len(MAP_SUFFIX)] if mapped else regimen
+    name, mapped = _split_map(regimen)
     k = 1 if name == "dropout" else int(name[len("dropout_k") :])
     return _objectives.dropout_k(
       model.apply,
@@ -244,22 +243,30 @@ def unrolled(model: Model) -> Model | None:
   return char_lstm(**{k: c[k] for k in keys}, unroll=True)
 
 
-def flops_executed(regimen: str, model: Model, opt) -> float | None:
+def flops_executed(
+  regimen: str, model: Model, opt, *, full: Model | None = None
+) -> float | None:
   """The FLOPs one step of ``regimen`` executes, scans counted per step.
 
   For a model with scans, XLA's count of the unoptimised HLO of the same
   step with every scan unrolled (:func:`benchmarks.timing.lowered_flops`);
   a ``_map`` regimen is counted as its ``vmap`` twin (the same math, whose
   masks are not a loop). ``None`` for models without scans (there the
-  compiled step's count is right).
+  compiled step's count is right). ``full``: ``unrolled(model)``, built
+  once by callers that count several regimens of one model.
   """
-  full = unrolled(model)
+  full = unrolled(model) if full is None else full
   if full is None:
     return None
-  if regimen.endswith(MAP_SUFFIX):
-    regimen = regimen[: -len(MAP_SUFFIX)]
-  step = jax.jit(make_step(objective(regimen, full), opt))
+  step = jax.jit(make_step(objective(_split_map(regimen)[0], full), opt))
   return timing.lowered_flops(step, *step_args(full, opt))
+
+
+def _split_map(regimen: str) -> tuple[str, bool]:
+  """``("dropout_k8", True)`` for ``"dropout_k8_map"``."""
+  if regimen.endswith(MAP_SUFFIX):
+    return regimen[: -len(MAP_SUFFIX)], True
+  return regimen, False
 
 
 def optimizer() -> optax.GradientTransformation:

@@ -9,8 +9,6 @@ regularizer and its sampled-label estimator, ``jreg_sample_logit`` in the
 authors' code).
 """
 
-import itertools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -22,6 +20,7 @@ from dropjax import explicit as ex
 from dropjax import losses as L
 from dropjax import sites as S
 
+import _helpers
 from _helpers import all_masks
 from _helpers import clean_loss
 from _helpers import expected_dropout_loss
@@ -109,37 +108,10 @@ def test_softmax_explicit_regularizer_converges_as_readout_shrinks():
 # --- 4. the sampled-label (Fisher) estimator ------------------------------------
 
 
-def label_enumeration(lin, loss_outputs_shape, k):
-  """Every label assignment [K**N, *positions] and its probability."""
-  n = int(np.prod(loss_outputs_shape[:-1]))
-  labels = np.array(list(itertools.product(range(k), repeat=n)))
-  return jnp.asarray(labels.reshape((-1,) + tuple(loss_outputs_shape[:-1])))
-
-
 def sampled_expectation(apply, params, x, q, *, grad=False):
   """E_ŷ of the sampled-label R_exp (or of its gradient), by enumeration."""
-
-  def r_for(params, y_hat):
-    lin = S.linearize_sites(apply, params, x)
-    rates = S.resolve_rates(q, lin.activations)
-    # The sampled-label estimator with the label fixed to y_hat.
-    return ex.explicit_from_linearization(
-      lin, rates, estimator="true_label", y=y_hat
-    )
-
-  out = apply(params, x, S.identity_sites)
-  labels = label_enumeration(None, out.shape, out.shape[-1])
-  logp = jax.nn.log_softmax(out, axis=-1)
-  probs = jnp.exp(
-    jnp.sum(
-      jnp.take_along_axis(logp[None], labels[..., None], axis=-1)[..., 0],
-      axis=tuple(range(1, labels.ndim)),
-    )
-  )
-  np.testing.assert_allclose(jnp.sum(probs), 1.0, atol=1e-12)
-  f = jax.grad(r_for) if grad else r_for
-  vals = jax.vmap(f, in_axes=(None, 0))(params, labels)
-  return jax.tree.map(lambda v: jnp.tensordot(probs, v, axes=(0, 0)), vals)
+  rates = S.resolve_rates(q, S.site_shapes(apply, params, x))
+  return _helpers.sampled_label_expectation(apply, params, x, rates, grad=grad)
 
 
 @pytest.mark.parametrize("q", [0.3, 0.5])
